@@ -1,0 +1,173 @@
+"""The WSGI application: route table, dispatch, token policy and the error table."""
+
+import errno
+import logging
+import time
+from typing import Callable, NamedTuple, Optional
+
+from . import auth, errors, handlers, multipart, storage, thumbnails
+from .httputil import Request, Response
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["App", "Route", "ROUTES", "create_app"]
+
+
+class Route(NamedTuple):
+    """One endpoint: its path, methods, handler and per-route policy."""
+
+    path: str
+    methods: tuple
+    handler: Callable
+    token: Optional[str] = None  # the field the token signs
+    token_in: str = "query"  # 'query', 'form', or 'handler' (the handler checks it itself)
+    always: bool = False  # token required even when REQUIRE_KEY_FOR_GET is off
+    cors: bool = False  # Access-Control-Allow-Origin: * on every response
+    prefix: bool = False  # path is a prefix; the rest goes to the handler as `path`
+
+
+GET = ("GET", "HEAD")
+
+ROUTES = (
+    #     path                    methods              handler                    token       policy
+    Route("/", GET, handlers.index),
+    Route("/web_asset_store.xml", GET, handlers.web_asset_store),
+    Route("/testkey", GET, handlers.testkey, token="random", always=True),
+    Route("/fileget", GET, handlers.fileget, token="filename"),
+    Route("/fileupload", ("POST", "OPTIONS"), handlers.fileupload, token="store",
+          token_in="handler", always=True, cors=True),
+    Route("/filedelete", ("POST",), handlers.filedelete, token="filename", token_in="form",
+          always=True),
+    Route("/getmetadata", GET, handlers.getmetadata, token="filename"),
+    Route("/getfileref", GET, handlers.getfileref, cors=True),
+    Route("/static/", GET, handlers.static, prefix=True),
+)
+
+# Domain error -> HTTP error. Keep this the only such mapping; subclasses first.
+_HTTP_ERRORS = (
+    (auth.TokenError, errors.Forbidden),
+    (storage.UnsafeName, errors.BadRequest),
+    (storage.UnknownCollection, errors.NotFound),
+    (storage.MissingFile, errors.NotFound),
+    (FileNotFoundError, errors.NotFound),
+    (multipart.BodyTooLarge, errors.PayloadTooLarge),
+    (multipart.MultipartError, errors.BadRequest),
+    (thumbnails.BadScale, errors.BadRequest),
+    (thumbnails.NotThumbnailable, errors.NotFound),
+    (thumbnails.Busy, errors.ServiceUnavailable),
+    (thumbnails.ThumbnailError, errors.UnprocessableEntity),
+)
+DOMAIN_ERRORS = tuple(domain for domain, _ in _HTTP_ERRORS)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def as_http_error(ex):
+    """Translate a domain error into the HTTP error the client sees."""
+    for domain, http_error in _HTTP_ERRORS:
+        if isinstance(ex, domain):
+            if http_error is errors.ServiceUnavailable:
+                return http_error(str(ex) or None, getattr(ex, "retry_after", 1))
+            if http_error is errors.Forbidden:
+                return http_error()  # COMPAT: empty body, like the reference
+            return http_error(str(ex) or None)
+    raise TypeError("no HTTP error for %r" % (ex,))
+
+
+def error_response(error):
+    """Render an HTTPError as a plain-text one-line response."""
+    body = (error.description + "\n").encode("utf-8") if error.description else b""
+    return Response(body, error.status, headers=error.headers)
+
+
+class App:
+    """The asset server as a WSGI callable; everything it uses is passed in."""
+
+    def __init__(self, settings, store, thumbnailer, metadata, clock=time.time, routes=ROUTES):
+        self.settings = settings
+        self.store = store
+        self.thumbnailer = thumbnailer
+        self.metadata = metadata
+        self.clock = clock
+        self.routes = routes
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, arrived=self.clock())
+        route = None
+        try:
+            route, params = self.match(request.method, request.path)
+            request.route = route
+            if route.token_in != "handler":
+                self.authorize(request, route)
+            response = route.handler(self, request, **params)
+        except errors.HTTPError as ex:
+            response = error_response(ex)
+        except DOMAIN_ERRORS as ex:
+            response = error_response(as_http_error(ex))
+        except OSError as ex:
+            response = error_response(self._os_error(request, ex))
+        except Exception:
+            logger.exception("Unhandled error on %s %s", request.method, request.path)
+            response = error_response(errors.InternalServerError())
+        self.finish(request, route, response)
+        return response(environ, start_response)
+
+    def match(self, method, path):
+        """Return (route, handler params); NotFound or MethodNotAllowed."""
+        for route in self.routes:
+            if route.prefix and path.startswith(route.path):
+                params = {"path": path[len(route.path):]}
+            elif path == route.path:
+                params = {}
+            else:
+                continue
+            if method not in route.methods:
+                raise errors.MethodNotAllowed(route.methods)
+            return route, params
+        raise errors.NotFound()
+
+    def authorize(self, request, route, fields=None):
+        """Check the route's token (from the query, the form, or `fields`); Forbidden.
+
+        GET tokens are checked only with REQUIRE_KEY_FOR_GET, unless the route
+        says `always`. The token is judged against the request's arrival time.
+        """
+        if route.token is None or request.method == "OPTIONS":
+            return
+        if not (route.always or self.settings.REQUIRE_KEY_FOR_GET):
+            return  # COMPAT: the token on a GET is then ignored entirely
+        if fields is None:
+            fields = request.form() if route.token_in == "form" else request.query
+        settings = self.settings
+        auth.validate_token(settings.keys, settings.TIME_TOLERANCE, fields.get("token", ""),
+                            fields.get(route.token, ""), now=request.arrived)
+
+    def _os_error(self, request, ex):
+        if ex.errno in _DISK_FULL:
+            logger.error("Disk full on %s %s: %s", request.method, request.path, ex)
+            return errors.InsufficientStorage()
+        logger.exception("I/O error on %s %s", request.method, request.path)
+        return errors.InternalServerError()
+
+    def finish(self, request, route, response):
+        """Add the cross-cutting headers; drop the body of HEAD responses."""
+        # Specify 6 and 7 resync their clocks from X-Timestamp, even on errors.
+        response.set_header("X-Timestamp", str(int(self.clock())))
+        if route is not None and route.cors:
+            response.set_header("Access-Control-Allow-Origin", "*")
+        if request.method == "HEAD":
+            response.drop_body()
+
+
+def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time.time):
+    """Build the App for `settings`; collaborators default to the real ones."""
+    from . import metadata as metadata_module  # NOTE: keeps ExifRead off the import path of tools
+
+    if store is None:
+        store = storage.FileStore(settings.BASE_DIR, settings.ORIG_DIR, settings.THUMB_DIR,
+                                  settings.COLLECTION_DIRS)
+    if thumbnailer is None:
+        thumbnailer = thumbnails.Thumbnailer(
+            convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
+            max_workers=settings.THUMBNAIL_WORKERS, max_queue=settings.THUMBNAIL_QUEUE,
+            max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL)
+    return App(settings, store, thumbnailer, metadata or metadata_module, clock)

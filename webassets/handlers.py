@@ -1,0 +1,206 @@
+"""Endpoint handlers, one per reference endpoint: handler(app, request, **params) -> Response."""
+
+import json
+import logging
+import os
+import pkgutil
+from urllib.request import pathname2url
+from xml.sax.saxutils import escape
+
+from . import errors, multipart, storage, thumbnails
+from .httputil import TEXT_PLAIN, Response, content_disposition, file_response, guess_type
+
+logger = logging.getLogger(__name__)
+
+OK = b"Ok."
+MAX_FIELD_BYTES = 64 * 1024
+_XML_TEMPLATE = pkgutil.get_data(__name__.rpartition(".")[0], "web_asset_store.xml").decode("utf-8")
+
+
+def index(app, request):
+    """Answer the reference's health check."""
+    return Response(b"It works!", content_type="text/html; charset=UTF-8")
+
+
+def public_base(settings, script_name=""):
+    """Return the base URL Specify should use: PUBLIC_URL, else http://SERVER_NAME:SERVER_PORT.
+
+    COMPAT: the port is always explicit and the Host header is ignored, as
+    in the reference; SCRIPT_NAME is added so a mounted server advertises
+    its prefix.
+    """
+    if settings.PUBLIC_URL:
+        return settings.PUBLIC_URL
+    return "http://%s:%d%s" % (settings.public_name, settings.public_port, script_name)
+
+
+def web_asset_store(app, request):
+    """Serve web_asset_store.xml, the URLs Specify discovers at start-up."""
+    base = public_base(app.settings, request.script_name)
+    body = _XML_TEMPLATE.format(base=base, base_escaped=escape(base))
+    return Response(body.encode("utf-8"), content_type="text/xml; charset=utf-8")
+
+
+def testkey(app, request):
+    """Answer 'Ok.' to a valid token for `random` (checked by the route policy)."""
+    return Response(OK)
+
+
+def _thumbnail(app, coll, name, scale_value):
+    """Make (or find) the thumbnail of an original; return (path, content type).
+
+    Raises BadScale, MissingFile, NotThumbnailable, ThumbnailError, Busy.
+    """
+    settings = app.settings
+    scale = thumbnails.parse_scale(scale_value, settings.MAX_SCALE, settings.THUMBNAIL_SIZES)
+    source = app.store.original_path(coll, name)
+    app.store.stat_original(coll, name)  # 404 before any conversion work
+    target = app.store.thumbnail_path(coll, thumbnails.thumbnail_name(name, scale))
+    content_type = app.thumbnailer.thumbnail(source, target, scale)
+    return target, content_type
+
+
+def fileget(app, request):
+    """Serve an original (type=O) or a thumbnail (type=T).
+
+    404 for a missing file or unknown collection, 400 for a bad name or
+    scale, 404 for a type that cannot be thumbnailed, 503 when busy.
+    """
+    query = request.query
+    coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
+    # COMPAT: any type other than T means the original; a missing type too (the reference 500s).
+    if query.get("type") == "T":
+        path, content_type = _thumbnail(app, coll, name, query.get("scale"))
+        return file_response(request, app.store.open_path(path), content_type)
+    handle = app.store.open_original(coll, name)
+    disposition = content_disposition(query.get("downloadname"))
+    headers = [("Content-Disposition", disposition)] if disposition else []
+    return file_response(request, handle, guess_type(name), headers)
+
+
+def _upload_fields_ready(fields):
+    return "store" in fields and "token" in fields
+
+
+def _check_upload(app, request, fields):
+    """Judge an upload's token and names; Forbidden, BadRequest, NotFound."""
+    app.authorize(request, request.route, fields)
+    if fields.get("type") != "T":
+        storage.check_name(fields.get("store", ""), "store")
+        app.store.originals_dir(fields.get("coll"))  # unknown collection -> 404
+
+
+def fileupload(app, request):
+    """Store an uploaded original atomically; ignore Specify 6's thumbnail uploads.
+
+    The body streams to a temporary file next to the target and is renamed
+    into place only when complete and authorised, so a failed or
+    interrupted upload leaves the previous version intact. 403 bad token,
+    400 malformed body or name, 404 unknown collection, 413 too large.
+    """
+    if request.method == "OPTIONS":
+        # CORS preflight: Specify 7's XHR upload with a progress listener sends one.
+        return Response(b"")
+    boundary = multipart.get_boundary(request.header("Content-Type", ""))
+    limit = app.settings.MAX_UPLOAD_SIZE
+    length = request.content_length
+    reader = multipart.MultipartReader(request.input, boundary, length, limit=limit)
+    fields, staged, file_seen = {}, None, False
+    try:
+        for part in reader:
+            if part.filename is None:
+                fields[part.name] = part.text(MAX_FIELD_BYTES)
+            elif file_seen:
+                part.discard()  # COMPAT: the first file part wins, whatever its field name
+            else:
+                file_seen = True
+                staged = _receive_file(app, request, fields, part)
+        _check_upload(app, request, fields)
+        if fields.get("type") == "T":
+            # COMPAT: Specify 6 uploads its own thumbnail with the original's store name.
+            return Response(b"Ignoring thumbnail upload!")
+        if staged is None:
+            raise errors.BadRequest("No file in the upload.")
+        app.store.save_original(fields.get("coll"), fields["store"], staged)
+        logger.info("Stored %s (%d bytes)", fields["store"], staged.size)
+    finally:
+        if staged is not None:
+            staged.discard()
+    return Response(OK)
+
+
+def _receive_file(app, request, fields, part):
+    """Stream the file part to a staged file, or skip it; return the StagedFile or None."""
+    known = _upload_fields_ready(fields)
+    if known:
+        # Specify 6 sends the fields first: refuse a bad token before reading the body.
+        _check_upload(app, request, fields)
+        if fields.get("type") == "T":
+            part.discard()
+            return None
+    staged = app.store.stage(fields.get("coll"), known_coll=known)
+    try:
+        part.copy_to(staged)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def filedelete(app, request):
+    """Delete an original and exactly its own thumbnails (token checked by the route).
+
+    404 if there is no such original; 400 for an unsafe name.
+    """
+    form = request.form()
+    name = storage.check_name(form.get("filename", ""))
+    removed = app.store.delete_original(
+        form.get("coll"), name, lambda candidate: thumbnails.is_thumbnail_of(name, candidate))
+    logger.info("Deleted %s and %d thumbnail(s)", name, len(removed))
+    return Response(OK)
+
+
+def getmetadata(app, request):
+    """Serve EXIF as Specify 6's JSON, or DateTimeOriginal with dt=date (404 if none)."""
+    query = request.query
+    coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
+    app.store.stat_original(coll, name)
+    path = app.store.original_path(coll, name)
+    if query.get("dt") == "date":
+        date = app.metadata.date_original(path)
+        if date is None:
+            raise errors.NotFound("No DateTimeOriginal in this file.")
+        return Response(date.encode("utf-8"))
+    body = json.dumps(app.metadata.read_exif(path), indent=4, ensure_ascii=False)
+    return Response(body.encode("utf-8"), content_type="application/json")
+
+
+def _require_static_access(app):
+    if not app.settings.ALLOW_STATIC_FILE_ACCESS:
+        raise errors.NotFound()
+
+
+def getfileref(app, request):
+    """Return a /static URL for an original or a (generated) thumbnail: the legacy portal.
+
+    COMPAT: the URL uses HOST:PORT, not SERVER_NAME; no token; for type=O
+    the file's existence is not checked.
+    """
+    _require_static_access(app)
+    query = request.query
+    coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
+    if query.get("type") == "T":
+        path = _thumbnail(app, coll, name, query.get("scale"))[0]
+    else:
+        path = app.store.original_path(coll, name)
+    settings = app.settings
+    url = "http://%s:%d/static/%s" % (settings.HOST, settings.PORT,
+                                      pathname2url(app.store.relative(path)).lstrip("/"))
+    return Response(url.encode("utf-8"), content_type=TEXT_PLAIN)
+
+
+def static(app, request, path):
+    """Serve a file under BASE_DIR for the legacy portal (no token)."""
+    _require_static_access(app)
+    full = app.store.static_path(path)
+    return file_response(request, app.store.open_path(full), guess_type(full))

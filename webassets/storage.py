@@ -1,0 +1,259 @@
+"""Storage of originals and thumbnails on the local filesystem, behind a small interface."""
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile",
+           "check_name", "FileStore", "TEMP_PREFIXES"]
+
+MAX_NAME_BYTES = 255
+# Temporary files start with '.', which check_name refuses, so a client name
+# can never collide with (or fetch) a half-written file. fsck looks for these.
+UPLOAD_PREFIX = ".upload-"
+TEMP_PREFIXES = (UPLOAD_PREFIX, ".thumb-")
+COPY_CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    """Base of the storage errors."""
+
+
+class UnsafeName(StorageError):
+    """A client-supplied name is not one safe path component."""
+
+
+class UnknownCollection(StorageError):
+    """`coll` is not a key of COLLECTION_DIRS."""
+
+
+class MissingFile(StorageError):
+    """The named original or file does not exist."""
+
+
+def check_name(name, what="filename"):
+    """Return `name` if it is one safe path component, else raise UnsafeName.
+
+    SECURITY: a name can never leave its directory: no '/', '\\', NUL or other
+    control characters, not '.' or '..', no leading dot (which also hides
+    our temporary files), at most 255 UTF-8 bytes. Spaces, unicode, '%',
+    quotes and names without an extension are fine.
+    """
+    if not name:
+        raise UnsafeName("missing %s" % what)
+    if "/" in name or "\\" in name:
+        raise UnsafeName("%s must not contain a path separator" % what)
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise UnsafeName("%s must not contain control characters" % what)
+    if name.startswith("."):
+        raise UnsafeName("%s must not start with '.'" % what)
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise UnsafeName("%s is longer than %d bytes" % (what, MAX_NAME_BYTES))
+    return name
+
+
+def _fsync_dir(path):
+    """Flush a directory entry so a rename survives a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # NOTE: some filesystems refuse fsync on directories; the rename still happened.
+    finally:
+        os.close(fd)
+
+
+class StagedFile:
+    """An upload being written to a temporary file; commit() publishes it atomically."""
+
+    def __init__(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".tmp", dir=directory)
+        self.file = os.fdopen(fd, "wb")
+        self.size = 0
+
+    def write(self, data):
+        """Append `data`; an OSError (e.g. disk full) propagates to the caller."""
+        self.file.write(data)
+        self.size += len(data)
+
+    def commit(self, target):
+        """Flush, fsync and os.replace the temp file onto `target`."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        target_dir = os.path.dirname(target)
+        os.makedirs(target_dir, exist_ok=True)
+        try:
+            os.replace(self.path, target)
+        except OSError as ex:
+            if ex.errno != errno.EXDEV:
+                raise
+            # The staging area is on another filesystem: copy next to the target first.
+            self._copy_across(target)
+        _fsync_dir(target_dir)
+
+    def _copy_across(self, target):
+        staged = StagedFile(os.path.dirname(target))
+        try:
+            with open(self.path, "rb") as source:
+                shutil.copyfileobj(source, staged.file, COPY_CHUNK)
+            staged.commit(target)
+        finally:
+            staged.discard()
+            os.unlink(self.path)
+
+    def discard(self):
+        """Remove the temp file if it still exists; never raises."""
+        if not self.file.closed:
+            self.file.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as ex:
+            logger.warning("Cannot remove temporary file %s: %s", self.path, ex)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.discard()
+
+
+class FileStore:
+    """Originals and thumbnails under BASE_DIR, one directory pair per collection dir.
+
+    The layout is the reference's: BASE_DIR/[COLLECTION_DIRS[coll]/]originals/<name>
+    and .../thumbnails/<thumbnail name>, so an existing store keeps working.
+    """
+
+    def __init__(self, base_dir, orig_dir="originals", thumb_dir="thumbnails", collection_dirs=None):
+        self.base_dir = os.path.abspath(base_dir)
+        self.orig_dir = orig_dir
+        self.thumb_dir = thumb_dir
+        self.collection_dirs = collection_dirs
+
+    def _collection_root(self, coll):
+        if self.collection_dirs is None:
+            # COMPAT: with COLLECTION_DIRS = None the coll parameter is ignored.
+            return self.base_dir
+        try:
+            return os.path.join(self.base_dir, self.collection_dirs[coll])
+        except KeyError:
+            raise UnknownCollection("Unknown collection: %r" % (coll,)) from None
+
+    def originals_dir(self, coll):
+        """Return the local directory of `coll`'s originals; UnknownCollection if unknown."""
+        return os.path.join(self._collection_root(coll), self.orig_dir)
+
+    def thumbnails_dir(self, coll):
+        """Return the local directory of `coll`'s thumbnails; UnknownCollection if unknown."""
+        return os.path.join(self._collection_root(coll), self.thumb_dir)
+
+    def original_path(self, coll, name):
+        """Return the local path of an original (it may not exist); UnsafeName, UnknownCollection."""
+        return os.path.join(self.originals_dir(coll), check_name(name))
+
+    def thumbnail_path(self, coll, thumb_name):
+        """Return the local path of a thumbnail (it may not exist)."""
+        return os.path.join(self.thumbnails_dir(coll), check_name(thumb_name))
+
+    def relative(self, path):
+        """Return `path` relative to BASE_DIR, with '/' separators (for /static URLs)."""
+        return os.path.relpath(path, self.base_dir).replace(os.sep, "/")
+
+    def stat_original(self, coll, name):
+        """Return os.stat of an original; MissingFile if there is none."""
+        try:
+            return os.stat(self.original_path(coll, name))
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingFile("File does not exist.") from None
+
+    def open_original(self, coll, name):
+        """Open an original for binary reading; MissingFile if there is none."""
+        return self.open_path(self.original_path(coll, name))
+
+    @staticmethod
+    def open_path(path):
+        """Open a stored regular file for reading; MissingFile if absent or not a file."""
+        try:
+            handle = open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise MissingFile("File does not exist.") from None
+        if not os.path.isfile(path):
+            handle.close()
+            raise MissingFile("File does not exist.")
+        return handle
+
+    def stage(self, coll=None, known_coll=False):
+        """Start an upload: a StagedFile in the target directory when it is known.
+
+        With COLLECTION_DIRS set and the collection not yet known (Specify 7
+        sends the file before `coll`), stage in BASE_DIR on the same disk.
+        """
+        if self.collection_dirs is None or known_coll:
+            directory = self.originals_dir(coll)
+        else:
+            directory = self.base_dir
+        return StagedFile(directory)
+
+    def save_original(self, coll, name, staged):
+        """Publish a StagedFile as the original `name`, replacing any previous version."""
+        staged.commit(self.original_path(coll, name))
+
+    def delete_original(self, coll, name, is_own_thumbnail):
+        """Delete an original and the thumbnails `is_own_thumbnail(thumb_name)` selects.
+
+        Returns the names of the removed thumbnails. MissingFile if there is
+        no such original.
+        """
+        path = self.original_path(coll, name)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingFile("File does not exist.") from None
+        removed = []
+        for thumb_name in self.list_thumbnails(coll):
+            if is_own_thumbnail(thumb_name):
+                try:
+                    os.unlink(os.path.join(self.thumbnails_dir(coll), thumb_name))
+                    removed.append(thumb_name)
+                except FileNotFoundError:
+                    pass  # a concurrent delete got there first
+        return removed
+
+    def _list(self, directory):
+        try:
+            with os.scandir(directory) as entries:
+                return sorted(entry.name for entry in entries
+                              if entry.is_file() and not entry.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def list_originals(self, coll):
+        """Return the names of `coll`'s originals (temporary files excluded)."""
+        return self._list(self.originals_dir(coll))
+
+    def list_thumbnails(self, coll):
+        """Return the names of `coll`'s thumbnails (temporary files excluded)."""
+        return self._list(self.thumbnails_dir(coll))
+
+    def static_path(self, relpath):
+        """Resolve a /static/<relpath> under BASE_DIR; UnsafeName if it could leave it."""
+        parts = relpath.split("/")
+        for part in parts:
+            check_name(part, "path component")
+        path = os.path.join(self.base_dir, *parts)
+        # SECURITY: also refuse a symlink that points outside the store.
+        real_base = os.path.realpath(self.base_dir)
+        if os.path.commonpath([real_base, os.path.realpath(path)]) != real_base:
+            raise UnsafeName("path leaves the store")
+        return path
