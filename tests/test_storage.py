@@ -1,0 +1,153 @@
+"""Tests for webassets.storage: safe names, layout, atomic saves, exact deletes."""
+
+import errno
+import os
+
+import pytest
+
+from webassets import storage
+from webassets.storage import FileStore, MissingFile, UnknownCollection, UnsafeName, check_name
+
+
+@pytest.mark.parametrize("name", [
+    "a6daad6c-5091-4461-86ee-eeba9434ef2b.jpg", "sp6123.att.jpg", "uuid.JPG", "README",
+    "My Photo (1).jpg", "résumé.pdf", "100%.png", "it's \"quoted\".tif", "x" * 200, "日本.jpg",
+])
+def test_legitimate_names(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", [
+    "", "..", ".", "../evil.jpg", "/tmp/evil.jpg", "a/b.jpg", "..\\evil.jpg", "a\x00b",
+    "a\nb", "a\rb", "\x7f", ".hidden", ".upload-x.tmp", "x" * 256, "é" * 128,
+])
+def test_unsafe_names(name):
+    with pytest.raises(UnsafeName):
+        check_name(name)
+
+
+def test_layout_without_collection_dirs(tmp_path):
+    store = FileStore(str(tmp_path))
+    assert store.original_path("anything", "a.jpg") == str(tmp_path / "originals" / "a.jpg")
+    assert store.thumbnail_path(None, "a_200.jpg") == str(tmp_path / "thumbnails" / "a_200.jpg")
+
+
+def test_layout_with_collection_dirs(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"KU Fish": "fish", "KUFishtissue": "fish"})
+    assert store.original_path("KU Fish", "a.jpg") == str(tmp_path / "fish" / "originals" / "a.jpg")
+    assert store.original_path("KUFishtissue", "a.jpg") == store.original_path("KU Fish", "a.jpg")
+    with pytest.raises(UnknownCollection):
+        store.original_path("Unknown", "a.jpg")
+
+
+def _save(store, name, data, coll=None):
+    staged = store.stage(coll)
+    staged.write(data)
+    store.save_original(coll, name, staged)
+
+
+def test_save_replaces_atomically_and_leaves_no_temp(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"one")
+    _save(store, "a.jpg", b"two")
+    with store.open_original(None, "a.jpg") as handle:
+        assert handle.read() == b"two"
+    assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
+
+
+def test_discarded_upload_keeps_previous_version(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"one")
+    with store.stage(None) as staged:
+        staged.write(b"partial")
+    assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
+    with store.open_original(None, "a.jpg") as handle:
+        assert handle.read() == b"one"
+
+
+def test_staging_with_collection_dirs_before_coll_is_known(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    staged = store.stage(None)
+    assert os.path.dirname(staged.path) == str(tmp_path)
+    staged.write(b"data")
+    store.save_original("C", "a.jpg", staged)
+    assert (tmp_path / "c" / "originals" / "a.jpg").read_bytes() == b"data"
+    assert [name for name in os.listdir(str(tmp_path)) if name.startswith(".")] == []
+
+
+def test_commit_across_filesystems_copies(tmp_path, monkeypatch):
+    store = FileStore(str(tmp_path))
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 1:
+            raise OSError(errno.EXDEV, "cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", replace)
+    _save(store, "a.jpg", b"moved")
+    assert (tmp_path / "originals" / "a.jpg").read_bytes() == b"moved"
+    assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
+
+
+def test_missing_original(tmp_path):
+    store = FileStore(str(tmp_path))
+    with pytest.raises(MissingFile):
+        store.stat_original(None, "nope.jpg")
+    with pytest.raises(MissingFile):
+        store.open_original(None, "nope.jpg")
+    with pytest.raises(MissingFile):
+        store.delete_original(None, "nope.jpg", lambda name: True)
+
+
+def test_directory_is_not_a_file(tmp_path):
+    store = FileStore(str(tmp_path))
+    os.makedirs(str(tmp_path / "originals" / "dir.jpg"))
+    with pytest.raises(MissingFile):
+        store.open_original(None, "dir.jpg")
+
+
+def test_delete_removes_only_selected_thumbnails(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "sp61.att.jpg", b"1")
+    _save(store, "sp612.att.jpg", b"2")
+    thumbs = tmp_path / "thumbnails"
+    thumbs.mkdir()
+    for name in ("sp61.att_200.jpg", "sp612.att_200.jpg"):
+        (thumbs / name).write_bytes(b"t")
+    removed = store.delete_original(None, "sp61.att.jpg", lambda name: name == "sp61.att_200.jpg")
+    assert removed == ["sp61.att_200.jpg"]
+    assert sorted(os.listdir(str(thumbs))) == ["sp612.att_200.jpg"]
+    assert store.list_originals(None) == ["sp612.att.jpg"]
+
+
+def test_lists_skip_temporary_files(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"1")
+    (tmp_path / "originals" / ".upload-abc.tmp").write_bytes(b"x")
+    assert store.list_originals(None) == ["a.jpg"]
+    assert store.list_thumbnails(None) == []
+
+
+def test_static_path(tmp_path):
+    store = FileStore(str(tmp_path))
+    assert store.static_path("originals/a.jpg") == str(tmp_path / "originals" / "a.jpg")
+    for bad in ("../settings.py", "originals/../../x", "", "originals//a", ".upload-x"):
+        with pytest.raises(UnsafeName):
+            store.static_path(bad)
+
+
+def test_static_path_refuses_symlink_out_of_store(tmp_path):
+    base = tmp_path / "store"
+    (base / "originals").mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    os.symlink(str(tmp_path / "secret"), str(base / "originals" / "link"))
+    with pytest.raises(UnsafeName):
+        FileStore(str(base)).static_path("originals/link")
+
+
+def test_relative_uses_slashes(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    assert store.relative(store.original_path("C", "a b.jpg")) == "c/originals/a b.jpg"
