@@ -1,0 +1,701 @@
+"""Tests for webassets.thumbnails: naming, sniffing, argv, single flight, real conversions."""
+
+import io
+import os
+import shutil
+import struct
+import subprocess
+import threading
+import time
+import zlib
+
+import pytest
+
+from webassets import thumbnails
+from webassets.thumbnails import BadScale, Busy, NotThumbnailable, ThumbnailError, Thumbnailer
+
+CONVERT = shutil.which("magick") or shutil.which("convert")
+GS = shutil.which("gs")
+NO_CONVERT = "ImageMagick (magick/convert) is not installed"
+needs_convert = pytest.mark.skipif(CONVERT is None, reason=NO_CONVERT)
+needs_gs = pytest.mark.skipif(GS is None, reason="Ghostscript (gs) is not installed")
+
+
+# ------------------------------------------------------------------------- inputs built in Python
+
+def png_chunk(kind, data):
+    checksum = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", checksum)
+
+
+def png_bytes(width, height, pixel=lambda x, y: (255, 0, 0, 255)):
+    """Return an 8-bit RGBA PNG whose pixels come from pixel(x, y)."""
+    rows = b"".join(b"\0" + bytes(value for x in range(width) for value in pixel(x, y))
+                    for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+
+
+def png_bomb(width=30000, height=30000):
+    """Return a PNG header claiming width x height over a few bytes of pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+
+
+def jpeg_header(width, height):
+    """Return the start of a baseline JPEG: SOI and a SOF0 segment (enough for sniffing)."""
+    sof = struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    return b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+
+
+def pdf_bytes(pages):
+    """Return a PDF with one blue rectangle per page; pages are (width, height) in points."""
+    objects = {1: b"<< /Type /Catalog /Pages 2 0 R >>"}
+    kids = []
+    for index, (width, height) in enumerate(pages):
+        page, content = 3 + 2 * index, 4 + 2 * index
+        stream = b"0 0 1 rg 10 10 %d %d re f" % (width - 20, height - 20)
+        objects[page] = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Contents %d 0 R >>"
+                         % (width, height, content))
+        objects[content] = b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream)
+        kids.append(b"%d 0 R" % page)
+    objects[2] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(pages))
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number in sorted(objects):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
+    out += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+def with_orientation(jpeg, orientation):
+    """Return `jpeg` with an EXIF APP1 segment setting Orientation, right after SOI."""
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)  # SHORT, left-justified
+    tiff = b"MM\0*" + struct.pack(">IH", 8, 1) + entry + struct.pack(">I", 0)
+    payload = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+HOSTILE = {
+    "svg": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+           b'<image href="file:///etc/passwd"/></svg>',
+    "mvg": b"push graphic-context\nviewbox 0 0 640 480\nimage over 0,0 0,0 'file:///etc/passwd'\n"
+           b"pop graphic-context\n",
+    "ps": b"%!PS-Adobe-3.0\n(/etc/passwd) (r) file\nshowpage\n",
+    "eps-binary": b"\xc5\xd0\xd3\xc6" + b"\0" * 28,
+    "pdf-after-junk": b"%!PS\n%PDF-1.4\n",
+    "text": b"just text\n",
+    "docx": b"PK\x03\x04" + b"\0" * 26,
+    "html": b"<html><body>hi</body></html>",
+}
+
+
+# ---------------------------------------------------------------------------- naming and parsing
+
+@pytest.mark.parametrize("value, expected", [("123", 123), ("1", 1), ("0600", 600), ("5000", 5000)])
+def test_parse_scale_exact(value, expected):
+    assert thumbnails.parse_scale(value, 5000, None) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-5", "+5", " 5", "5 ", "abc", "1.5", "0x10",
+                                   "\u0661\u0662", "5001", "9" * 5000])
+def test_parse_scale_rejects(value):
+    with pytest.raises(BadScale):
+        thumbnails.parse_scale(value, 5000, None)
+
+
+@pytest.mark.parametrize("value, expected", [("1", 64), ("64", 64), ("100", 123), ("123", 123),
+                                             ("124", 128), ("601", 800), ("1600", 1600),
+                                             ("1601", 1600), ("9" * 5000, 1600)])
+def test_parse_scale_snaps_up_the_ladder(value, expected):
+    assert thumbnails.parse_scale(value, 10, (800, 64, 123, 128, 200, 600, 1600)) == expected
+
+
+def test_parse_scale_ladder_still_rejects_junk():
+    for value in ("0", "-1", "x", None):
+        with pytest.raises(BadScale):
+            thumbnails.parse_scale(value, 5000, (123, 200))
+
+
+@pytest.mark.parametrize("name, scale, expected", [
+    ("a6daad6c-5091-4461-86ee-eeba9434ef2b.jpg", 123,
+     "a6daad6c-5091-4461-86ee-eeba9434ef2b_123.jpg"),
+    ("sp6123.att.jpg", 200, "sp6123.att_200.jpg"),
+    ("x.JPG", 200, "x_200.JPG"),
+    ("x.PDF", 200, "x_200.png"),
+    ("x.tif", 5, "x_5.png"),
+    ("x.TIFF", 5, "x_5.png"),
+    ("x.heic", 5, "x_5.png"),
+    ("x.heif", 5, "x_5.png"),
+    ("x.gif", 5, "x_5.gif"),
+    ("x.webp", 5, "x_5.webp"),
+    ("uuid", 5, "uuid_5"),
+])
+def test_thumbnail_name(name, scale, expected):
+    assert thumbnails.thumbnail_name(name, scale) == expected
+
+
+@pytest.mark.parametrize("name, candidate, expected", [
+    ("sp61.att.jpg", "sp61.att_200.jpg", True),
+    ("sp61.att.jpg", "sp61.att_200.png", True),
+    ("sp61.att.jpg", "sp612.att_200.jpg", False),
+    ("sp61.att.jpg", "sp612.att.jpg", False),
+    ("sp61.att.jpg", "sp61.att.jpg", False),
+    ("sp61.att.jpg", "sp61.att_.jpg", False),
+    ("sp61.att.jpg", "sp61.att_12a.jpg", False),
+    ("sp61.att.jpg", "sp61.att_200.jpg.bak", False),
+    ("sp61.att.jpg", "sp61.att_200.gif", False),
+    ("x.pdf", "x_123.png", True),
+    ("x.pdf", "x_123.pdf", True),
+    ("uuid", "uuid_123", True),
+    ("uuid", "uuid_123.png", True),
+    ("uuid", "uuid2_123", False),
+])
+def test_is_thumbnail_of(name, candidate, expected):
+    assert thumbnails.is_thumbnail_of(name, candidate) is expected
+
+
+def test_output_format_follows_the_name():
+    names = ("a_1.jpg", "a_1.JPEG", "a_1.png", "a_1.gif", "a_1.webp", "a_1.bmp", "a_1", "a_1.att")
+    assert [thumbnails.output_format(name) for name in names] == \
+        ["jpeg", "jpeg", "png", "gif", "webp", "bmp", "png", "png"]
+
+
+# ---------------------------------------------------------------------------- sniffing and headers
+
+def heif_head(major, *compatible):
+    brands = major + b"\0\0\0\0" + b"".join(compatible)
+    return struct.pack(">I", 8 + len(brands)) + b"ftyp" + brands
+
+
+@pytest.mark.parametrize("head, expected", [
+    (jpeg_header(10, 10), "jpeg"),
+    (png_bytes(1, 1), "png"),
+    (b"GIF89a\x01\0\x01\0\0\0\0", "gif"),
+    (b"GIF87a\x01\0\x01\0\0\0\0", "gif"),
+    (b"II*\0\x08\0\0\0", "tiff"),
+    (b"MM\0*\0\0\0\x08", "tiff"),
+    (b"%PDF-1.7\n", "pdf"),
+    (b"RIFF\0\0\0\0WEBPVP8 ", "webp"),
+    (b"BM" + b"\0" * 12 + struct.pack("<I", 40), "bmp"),
+    (heif_head(b"heic", b"mif1", b"heic"), "heic"),
+    (heif_head(b"mif1", b"heic"), "heic"),
+    (heif_head(b"mif1", b"miaf"), "heif"),
+    (heif_head(b"avif", b"mif1", b"miaf"), None),
+    (heif_head(b"isom", b"mp41"), None),
+    (b"BM not a bitmap header", None),
+] + [(data, None) for data in HOSTILE.values()])
+def test_sniff_format(head, expected):
+    assert thumbnails.sniff_format(head) == expected
+
+
+def gif_with_frame(screen, frame):
+    """Return a GIF header: a logical screen, a comment extension, one image descriptor."""
+    return (b"GIF89a" + struct.pack("<HHBBB", screen[0], screen[1], 0, 0, 0)
+            + b"!\xfe\x03abc\x00" + b"," + struct.pack("<HHHHB", 0, 0, frame[0], frame[1], 0))
+
+
+def tiff_header(width, height, order=">"):
+    magic = b"MM\0*" if order == ">" else b"II*\0"
+    entries = [struct.pack(order + "HHIHH", 256, 3, 1, width, 0),  # SHORT
+               struct.pack(order + "HHII", 257, 4, 1, height)]  # LONG
+    return magic + struct.pack(order + "IH", 8, len(entries)) + b"".join(entries) + b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("fmt, data, expected", [
+    ("png", png_bomb(30000, 20000), (30000, 20000)),
+    ("jpeg", jpeg_header(4000, 3000), (4000, 3000)),
+    ("jpeg", b"\xff\xd8\xff\xe0\x00\x04ab" + jpeg_header(640, 480)[2:], (640, 480)),
+    ("gif", gif_with_frame((10, 10), (60000, 50000)), (60000, 50000)),
+    ("bmp", b"BM" + b"\0" * 12 + struct.pack("<Iii", 40, 7000, -5000), (7000, 5000)),
+    ("bmp", b"BM" + b"\0" * 12 + struct.pack("<IHH", 12, 30, 20), (30, 20)),
+    ("webp", b"RIFF\0\0\0\0WEBPVP8X" + b"\0" * 8 + b"\xe7\x03\0" + b"\xf3\x01\0", (1000, 500)),
+    ("webp", b"RIFF\0\0\0\0WEBPVP8L\0\0\0\0\x2f" + struct.pack("<I", 99 | (49 << 14)), (100, 50)),
+    ("webp", b"RIFF\0\0\0\0WEBPVP8 \0\0\0\0\0\0\0\x9d\x01\x2a" + struct.pack("<HH", 320, 240),
+     (320, 240)),
+    ("tiff", tiff_header(30000, 40000), (30000, 40000)),
+    ("tiff", tiff_header(300, 200, "<"), (300, 200)),
+    ("heic", heif_head(b"heic") + b"\0\0\0\x14ispe\0\0\0\0" + struct.pack(">II", 512, 512)
+     + b"\0\0\0\x14ispe\0\0\0\0" + struct.pack(">II", 4032, 3024), (4032, 3024)),
+    ("pdf", b"%PDF-1.4\n", None),
+    ("jpeg", b"\xff\xd8\xff", None),
+    ("png", b"\x89PNG\r\n\x1a\n", None),
+    ("tiff", b"MM\0*\xff\xff\xff\xff", None),
+])
+def test_read_dimensions(fmt, data, expected):
+    assert thumbnails.read_dimensions(io.BytesIO(data), fmt) == expected
+
+
+def test_read_pdf_page_size(tmp_path):
+    path = tmp_path / "x.pdf"
+    path.write_bytes(pdf_bytes([(300, 200), (100, 400)]))
+    assert thumbnails.read_pdf_page_size(str(path)) == (300, 200)
+    path.write_bytes(b"%PDF-1.5\n(compressed object streams only)")
+    assert thumbnails.read_pdf_page_size(str(path)) == (612, 792)
+
+
+# ---------------------------------------------------------------------------- argv builders
+
+def test_convert_args_are_explicit_and_bounded():
+    argv = thumbnails.convert_args("/usr/bin/convert", "/s/a b.jpg", "jpeg", "/t/out", "png", 123,
+                                   size=(6000, 4000))
+    assert argv[0] == "/usr/bin/convert"
+    assert "jpeg:/s/a b.jpg[0]" in argv and argv[-1] == "png:/t/out"
+    assert argv[argv.index("-resize") + 1] == "123x123>"
+    assert argv[argv.index("-define") + 1] == "jpeg:size=246x164"
+    assert argv.index("-auto-orient") < argv.index("-strip")
+    assert argv[argv.index("-colorspace") + 1] == "sRGB" and argv[argv.index("-depth") + 1] == "8"
+    limits = {argv[i + 1] for i, arg in enumerate(argv) if arg == "-limit"}
+    assert limits >= {"memory", "map", "disk", "area", "width", "height"}
+    last_limit = max(i for i, arg in enumerate(argv) if arg == "-limit")
+    assert last_limit < argv.index("jpeg:/s/a b.jpg[0]")  # limits apply while reading
+
+
+def test_convert_args_per_format():
+    tiff = thumbnails.convert_args("c", "/s/x", "tiff", "/t/o", "png", 50)
+    assert "tiff:/s/x[0]" in tiff and "-define" not in tiff and "-alpha" not in tiff
+    heif = thumbnails.convert_args("c", "/s/x", "heif", "/t/o", "jpeg", 50)
+    assert "heic:/s/x[0]" in heif and heif[-1] == "jpeg:/t/o"
+    assert heif[heif.index("-alpha") + 1] == "remove"  # JPEG has no alpha: flatten on white
+
+
+@pytest.mark.parametrize("size, scale, expected", [
+    ((6000, 4000), 200, (400, 267)),
+    ((3000, 6000), 123, (123, 246)),
+    ((401, 100), 200, (400, 100)),
+    ((400, 300), 200, None),  # nothing to gain, and a bigger hint would make libjpeg enlarge
+    ((60, 30), 200, None),
+    (None, 200, None),
+])
+def test_jpeg_size_hint_never_exceeds_the_image(size, scale, expected):
+    assert thumbnails.jpeg_size_hint(size, scale) == expected
+
+
+def test_ghostscript_args():
+    argv = thumbnails.ghostscript_args("/usr/bin/gs", "/s/x.pdf", "/t/page.png", 29.5)
+    for option in ("-dSAFER", "-dBATCH", "-dNOPAUSE", "-dFirstPage=1", "-dLastPage=1",
+                   "-sDEVICE=png16m", "-r29.5"):
+        assert option in argv
+    assert argv[-2:] == ["-f", "/s/x.pdf"] and argv[argv.index("-o") + 1] == "/t/page.png"
+
+
+def test_pdf_resolution():
+    assert thumbnails.pdf_resolution((612, 792), 792) == 72
+    assert thumbnails.pdf_resolution((300, 200), 123) == pytest.approx(29.52)
+    assert thumbnails.pdf_resolution((1, 1), 1600) == thumbnails.PDF_MAX_DPI
+
+
+def test_run_command_kills_the_process_group_on_timeout(tmp_path):
+    marker = tmp_path / "survivor"
+    script = "(sleep 0.3; touch '%s') & sleep 10" % marker
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        thumbnails.run_command(["/bin/sh", "-c", script], timeout=0.1)
+    assert time.monotonic() - started < 3
+    time.sleep(0.5)  # the background child would have touched the marker by now
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------- engine with fake tools
+
+FAKE_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "HEIC", "WEBP", "BMP")
+
+
+class FakeTools:
+    """A `run` stand-in: answers the probes, 'converts' by writing a 10x10 PNG/JPEG."""
+
+    def __init__(self, returncode=0, gate=None, formats=FAKE_FORMATS, partial=False):
+        self.returncode = returncode
+        self.gate = gate
+        self.started = threading.Event()
+        self.formats = formats
+        self.partial = partial
+        self.calls = []
+        self._lock = threading.Lock()
+
+    def __call__(self, argv, timeout):
+        if argv[1:] == ["-list", "format"]:
+            listing = "".join("  %s* %s  rw+  test\n" % (name, name) for name in self.formats)
+            return subprocess.CompletedProcess(argv, 0, listing.encode(), b"")
+        if argv[1:] == ["--version"]:
+            return subprocess.CompletedProcess(argv, 0, b"10.00.0\n", b"")
+        with self._lock:
+            self.calls.append(argv)
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if "-o" in argv:  # gs
+            coder, path = "png", argv[argv.index("-o") + 1]
+        else:
+            coder, _, path = argv[-1].partition(":")
+        data = png_bytes(10, 10) if coder == "png" else jpeg_header(10, 10)
+        with open(path, "wb") as f:
+            f.write(data[:20] if self.partial else data)
+        return subprocess.CompletedProcess(argv, self.returncode, b"", b"fake failure")
+
+
+def make_thumbnailer(run, **options):
+    return Thumbnailer(convert="/fake/convert", gs="/fake/gs", run=run, **options)
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "originals" / "a.png"
+    path.parent.mkdir()
+    path.write_bytes(png_bytes(20, 20))
+    return str(path)
+
+
+def thumbs(tmp_path, name="a_10.png"):
+    return str(tmp_path / "thumbnails" / name)
+
+
+def test_single_flight_with_fake_tools(tmp_path, source):
+    gate = threading.Event()
+    tools = FakeTools(gate=gate)
+    thumbnailer = make_thumbnailer(tools)
+    results, errors = [], []
+
+    def request():
+        try:
+            results.append(thumbnailer.thumbnail(source, thumbs(tmp_path), 10))
+        except Exception as ex:  # collected and asserted below
+            errors.append(ex)
+
+    threads = [threading.Thread(target=request) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    assert tools.started.wait(10)
+    time.sleep(0.05)  # let the other 31 reach the flight
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert errors == [] and results == ["image/png"] * 32
+    assert len(tools.calls) == 1
+
+
+def test_cached_thumbnail_is_not_rendered_again(tmp_path, source):
+    tools = FakeTools()
+    thumbnailer = make_thumbnailer(tools)
+    assert thumbnailer.thumbnail(source, thumbs(tmp_path), 10) == "image/png"
+    assert thumbnailer.thumbnail(source, thumbs(tmp_path), 10) == "image/png"
+    assert len(tools.calls) == 1
+    # A source newer than its thumbnail (re-uploaded) is rendered again.
+    old = os.stat(source).st_mtime - 100
+    os.utime(thumbs(tmp_path), (old, old))
+    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    assert len(tools.calls) == 2
+    # A source dated in the future is rendered once, not on every request.
+    future = time.time() + 3600
+    os.utime(source, (future, future))
+    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    assert len(tools.calls) == 3
+
+
+def test_busy_when_the_queue_is_full(tmp_path, source):
+    gate = threading.Event()
+    tools = FakeTools(gate=gate)
+    thumbnailer = make_thumbnailer(tools, max_workers=1, max_queue=1)
+
+    def request(scale):
+        target = thumbs(tmp_path, "a_%d.png" % scale)
+        return threading.Thread(target=thumbnailer.thumbnail, args=(source, target, scale))
+
+    running, queued = request(1), request(2)
+    running.start()
+    assert tools.started.wait(10)
+    queued.start()
+    deadline = time.monotonic() + 10
+    while thumbnailer._pending < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with pytest.raises(Busy) as caught:
+        thumbnailer.thumbnail(source, thumbs(tmp_path, "a_3.png"), 3)
+    assert caught.value.retry_after >= 1
+    # A request for a thumbnail already in flight waits for it instead.
+    follower = request(1)
+    follower.start()
+    gate.set()
+    for thread in (running, queued, follower):
+        thread.join(10)
+    assert thumbnailer.thumbnail(source, thumbs(tmp_path, "a_3.png"), 3) == "image/png"
+    assert len(tools.calls) == 3
+
+
+def test_failures_are_remembered(tmp_path, source):
+    now = [1000.0]
+    tools = FakeTools(returncode=1, partial=True)
+    thumbnailer = make_thumbnailer(tools, failure_ttl=60, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(ThumbnailError, match="could not convert"):
+            thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    assert len(tools.calls) == 1
+    # Never a partial file, never a leftover work directory.
+    assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
+    now[0] += 61
+    with pytest.raises(ThumbnailError):
+        thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    assert len(tools.calls) == 2
+    # A new upload (new mtime) is tried at once.
+    os.utime(source, (now[0], os.stat(source).st_mtime + 5))
+    tools.returncode, tools.partial = 0, False
+    assert thumbnailer.thumbnail(source, thumbs(tmp_path), 10) == "image/png"
+
+
+def test_timeouts_and_missing_tools_are_thumbnail_errors(tmp_path, source):
+    def timeout(argv, timeout):
+        if "-list" in argv or "--version" in argv:
+            return FakeTools()(argv, timeout)
+        raise subprocess.TimeoutExpired(argv, timeout)
+    with pytest.raises(ThumbnailError, match="timed out"):
+        make_thumbnailer(timeout, timeout=5).thumbnail(source, thumbs(tmp_path), 10)
+    assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        make_thumbnailer(FakeTools()).thumbnail(str(tmp_path / "nope.jpg"), thumbs(tmp_path), 10)
+
+
+@pytest.mark.parametrize("kind, name", [("svg", "x.jpg"), ("mvg", "x.jpg"), ("ps", "x.pdf"),
+                                        ("eps-binary", "x.pdf"), ("pdf-after-junk", "x.pdf"),
+                                        ("text", "x.png"), ("docx", "x.docx"), ("html", "x.gif")])
+def test_hostile_or_unknown_content_is_not_thumbnailable(tmp_path, kind, name):
+    path = tmp_path / name
+    path.write_bytes(HOSTILE[kind])
+    tools = FakeTools()
+    with pytest.raises(NotThumbnailable):
+        make_thumbnailer(tools).thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10)
+    assert tools.calls == []
+
+
+def test_decompression_bomb_fails_fast(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bomb(30000, 30000))
+    tools = FakeTools()
+    started = time.monotonic()
+    with pytest.raises(ThumbnailError, match="too large") as caught:
+        make_thumbnailer(tools).thumbnail(str(path), thumbs(tmp_path, "bomb_10.png"), 10)
+    assert not isinstance(caught.value, NotThumbnailable)
+    assert time.monotonic() - started < 1 and tools.calls == []
+
+
+def test_can_thumbnail_and_missing_coders(tmp_path, source):
+    with pytest.raises(NotThumbnailable, match="disabled"):
+        jpeg_only = make_thumbnailer(FakeTools(), can_thumbnail={"image/jpeg"})
+        jpeg_only.thumbnail(source, thumbs(tmp_path), 10)
+    no_heic = make_thumbnailer(FakeTools(formats=("JPEG", "PNG")))
+    assert no_heic.formats()["heic"] is False and no_heic.formats()["png"] is True
+    path = tmp_path / "x.heic"
+    path.write_bytes(heif_head(b"heic", b"mif1"))
+    with pytest.raises(NotThumbnailable, match="HEIC"):
+        no_heic.thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10)
+    nothing = Thumbnailer(convert=None, gs=None, run=FakeTools())
+    nothing.convert = nothing.gs = None  # as if neither is installed
+    nothing._formats = None
+    assert not any(nothing.formats().values())
+
+
+def test_pdf_goes_to_ghostscript(tmp_path):
+    path = tmp_path / "x.pdf"
+    path.write_bytes(pdf_bytes([(300, 200)]))
+    tools = FakeTools()
+    target = thumbs(tmp_path, "x_10.png")
+    assert make_thumbnailer(tools).thumbnail(str(path), target, 10) == "image/png"
+    assert [os.path.basename(argv[0]) for argv in tools.calls] == ["gs"]
+
+
+# ---------------------------------------------------------------------------- real ImageMagick / gs
+
+def magick(*args):
+    subprocess.run([CONVERT] + [str(arg) for arg in args], check=True, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, timeout=30)
+
+
+def identify(path):
+    """Return (format, width, height, depth, colorspace, opaque) of an image, via ImageMagick."""
+    argv = [CONVERT, str(path), "-format", "%m %w %h %z %[colorspace] %[opaque]", "info:"]
+    output = subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            timeout=30)
+    kind, width, height, depth, colorspace, opaque = output.stdout.decode().split()
+    return kind, int(width), int(height), int(depth), colorspace, opaque.lower() == "true"
+
+
+@pytest.fixture(scope="module")
+def real():
+    if CONVERT is None:
+        pytest.skip(NO_CONVERT)
+    return Thumbnailer()
+
+
+def render(real, tmp_path, name, data=None, scale=123, make=None):
+    """Write (or `make`) an original called `name`, thumbnail it, return (content type, info)."""
+    source = tmp_path / "originals" / name
+    source.parent.mkdir(exist_ok=True)
+    if make is not None:
+        make(source)
+    else:
+        source.write_bytes(data)
+    target = tmp_path / "thumbnails" / thumbnails.thumbnail_name(name, scale)
+    content_type = real.thumbnail(str(source), str(target), scale)
+    leftovers = [entry for entry in os.listdir(str(target.parent)) if entry.startswith(".")]
+    assert leftovers == []
+    return content_type, identify(target)
+
+
+@pytest.mark.parametrize("name, coder, content_type, kind", [
+    ("a.jpg", "jpeg", "image/jpeg", "JPEG"),
+    ("a.png", "png", "image/png", "PNG"),
+    ("a.gif", "gif", "image/gif", "GIF"),
+    ("a.tif", "tiff", "image/png", "PNG"),
+    ("a.webp", "webp", "image/webp", "WEBP"),
+    ("a.bmp", "bmp", "image/bmp", "BMP"),
+    ("a.heic", "heic", "image/png", "PNG"),
+])
+def test_every_format(real, tmp_path, name, coder, content_type, kind):
+    fmt = "heic" if coder == "heic" else coder
+    if not real.formats()[fmt]:
+        pytest.skip("ImageMagick here has no %s coder (Thumbnailer.formats() reports it)"
+                    % coder.upper())
+
+    def make(path):
+        try:
+            magick("-size", "300x200", "gradient:red-blue", "%s:%s" % (coder, path))
+        except subprocess.CalledProcessError as ex:
+            pytest.skip("cannot write a %s test image here: %s" % (coder.upper(), ex.stderr[-200:]))
+    served, info = render(real, tmp_path, name, make=make)
+    assert served == content_type and info[:3] == (kind, 123, 82)
+
+
+@needs_gs
+def test_two_page_pdf_gives_page_one_as_png(real, tmp_path):
+    content_type, info = render(real, tmp_path, "doc.PDF", pdf_bytes([(300, 200), (100, 400)]))
+    assert content_type == "image/png" and info[:3] == ("PNG", 123, 82)
+    corner = subprocess.run([CONVERT, str(tmp_path / "thumbnails" / "doc_123.png"), "-format",
+                             "%[fx:int(255*p{0,0}.r)],%[fx:int(255*p{0,0}.b)]", "info:"],
+                            stdout=subprocess.PIPE, check=True).stdout
+    assert corner == b"255,255"  # the margin is white, not transparent or black
+
+
+@needs_gs
+def test_pdf_named_jpg_becomes_jpeg(real, tmp_path):
+    info = render(real, tmp_path, "doc.jpg", pdf_bytes([(100, 400)]), scale=200)[1]
+    assert info[:3] == ("JPEG", 50, 200)
+
+
+@needs_convert
+def test_exif_orientation_is_applied(real, tmp_path):
+    def make(path):
+        magick("-size", "60x30", "gradient:red-blue", "jpeg:%s" % path)
+        path.write_bytes(with_orientation(path.read_bytes(), 6))
+    assert render(real, tmp_path, "rotated.jpg", make=make, scale=200)[1][:3] == ("JPEG", 30, 60)
+
+
+@needs_convert
+def test_cmyk_jpeg_becomes_srgb(real, tmp_path):
+    info = render(real, tmp_path, "cmyk.jpg", scale=50, make=lambda path: magick(
+        "-size", "300x200", "gradient:red-blue", "-colorspace", "CMYK", "jpeg:%s" % path))[1]
+    assert info[0] == "JPEG" and info[4] == "sRGB"
+
+
+@needs_convert
+def test_sixteen_bit_tiff_becomes_eight_bit_png(real, tmp_path):
+    info = render(real, tmp_path, "deep.tiff", scale=50, make=lambda path: magick(
+        "-size", "300x200", "gradient:red-blue", "-depth", "16", "tiff:%s" % path))[1]
+    assert info[:4] == ("PNG", 50, 33, 8)
+
+
+@needs_convert
+def test_multi_page_tiff_gives_page_one(real, tmp_path):
+    info = render(real, tmp_path, "pages.tif", scale=123, make=lambda path: magick(
+        "-size", "300x200", "xc:red", "-size", "40x40", "xc:blue", "-size", "30x90", "xc:green",
+        "tiff:%s" % path))[1]
+    assert info[:3] == ("PNG", 123, 82)
+
+
+@needs_convert
+def test_transparent_png_keeps_alpha(real, tmp_path):
+    data = png_bytes(80, 40, lambda x, y: (0, 128, 0, 0 if x < 40 else 255))
+    info = render(real, tmp_path, "clear.png", data, scale=20)[1]
+    assert info[:3] == ("PNG", 20, 10) and info[5] is False
+
+
+@needs_convert
+def test_never_enlarged(real, tmp_path):
+    info = render(real, tmp_path, "small.jpg", scale=600,
+                  make=lambda path: magick("-size", "40x30", "xc:red", "jpeg:%s" % path))[1]
+    assert info[:3] == ("JPEG", 40, 30)
+
+
+@needs_convert
+def test_extension_lies_are_decoded_by_content(real, tmp_path):
+    info = render(real, tmp_path, "png-inside.jpg", png_bytes(40, 20), scale=10)[1]
+    assert info[:3] == ("JPEG", 10, 5)
+
+    def make(path):
+        magick("-size", "40x20", "xc:red", "jpeg:%s" % path)
+    assert render(real, tmp_path, "jpeg-inside.png", make=make, scale=10)[1][:3] == ("PNG", 10, 5)
+
+
+@needs_convert
+def test_truncated_jpeg_is_an_error_or_a_whole_image(real, tmp_path):
+    whole = tmp_path / "whole.jpg"
+    magick("-size", "300x200", "gradient:red-blue", "-quality", "95", "jpeg:%s" % whole)
+    source = tmp_path / "cut.jpg"
+    source.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+    target = tmp_path / "thumbnails" / "cut_50.jpg"
+    try:
+        real.thumbnail(str(source), str(target), 50)
+    except ThumbnailError:
+        assert not target.exists()
+    else:
+        assert identify(target)[:3] == ("JPEG", 50, 33)
+    assert [entry for entry in os.listdir(str(target.parent)) if entry.startswith(".")] == []
+
+
+@needs_convert
+def test_names_imagemagick_would_interpret(real, tmp_path):
+    name = "odd %d [0] *?{x}.png"
+    source = tmp_path / name
+    source.write_bytes(png_bytes(40, 20))
+    target = tmp_path / "thumbnails" / thumbnails.thumbnail_name(name, 10)
+    assert real.thumbnail(str(source), str(target), 10) == "image/png"
+    with target.open("rb") as f:
+        assert thumbnails.read_dimensions(f, "png") == (10, 5)
+
+
+@needs_convert
+def test_single_flight_with_real_imagemagick(tmp_path):
+    calls = []
+
+    def counting_run(argv, timeout):
+        if "-resize" in argv:
+            calls.append(argv)
+            time.sleep(0.2)  # keep the conversion in flight while the others arrive
+        return thumbnails.run_command(argv, timeout)
+
+    thumbnailer = Thumbnailer(run=counting_run)
+    source = tmp_path / "photo.jpg"
+    magick("-size", "300x200", "gradient:red-blue", "jpeg:%s" % source)
+    target = tmp_path / "thumbnails" / "photo_123.jpg"
+    barrier = threading.Barrier(32)
+    results = []
+
+    def request():
+        barrier.wait()
+        results.append(thumbnailer.thumbnail(str(source), str(target), 123))
+
+    threads = [threading.Thread(target=request) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == ["image/jpeg"] * 32 and len(calls) == 1
+    assert identify(target)[:3] == ("JPEG", 123, 82)

@@ -1,0 +1,699 @@
+"""Thumbnail engine: detect, render and cache thumbnails with ImageMagick and Ghostscript."""
+
+import collections
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+__all__ = [
+    "ThumbnailError", "NotThumbnailable", "BadScale", "Busy",
+    "parse_scale", "thumbnail_name", "is_thumbnail_of", "output_format", "sniff_format",
+    "read_dimensions", "read_pdf_page_size", "jpeg_size_hint", "convert_args", "ghostscript_args",
+    "pdf_resolution", "run_command", "Thumbnailer",
+]
+
+logger = logging.getLogger(__name__)
+
+# Input formats: name -> (ImageMagick coder, mimetype). PDF goes to Ghostscript, not a coder.
+INPUTS = {
+    "jpeg": ("jpeg", "image/jpeg"),
+    "png": ("png", "image/png"),
+    "gif": ("gif", "image/gif"),
+    "tiff": ("tiff", "image/tiff"),
+    "pdf": (None, "application/pdf"),
+    "heic": ("heic", "image/heic"),
+    "heif": ("heic", "image/heif"),
+    "webp": ("webp", "image/webp"),
+    "bmp": ("bmp", "image/bmp"),
+}
+
+# COMPAT: the reference forces '.png' when mimetypes.guess_type(name) is PDF, TIFF, HEIC or
+# HEIF; these are the extensions mime.types maps to those types (guess_type ignores case).
+FORCE_PNG_EXTENSIONS = frozenset((".pdf", ".tif", ".tiff", ".heic", ".heif"))
+
+# Output format by the thumbnail name's extension. A name whose extension is not listed here
+# (no extension, '.att', '.xyz', ...) gets PNG data; the caller serves it with the returned type.
+OUTPUTS = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".jfif": "jpeg", ".png": "png",
+           ".gif": "gif", ".webp": "webp", ".bmp": "bmp"}
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",
+                 "webp": "image/webp", "bmp": "image/bmp"}
+
+# HEIF 'ftyp' brands: HEVC-coded (HEIC) and the generic image brands (HEIF).
+HEIC_BRANDS = frozenset((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"))
+HEIF_BRANDS = frozenset((b"mif1", b"msf1"))
+AVIF_BRANDS = frozenset((b"avif", b"avis"))
+BMP_HEADER_SIZES = frozenset((12, 40, 52, 56, 64, 108, 124))
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+SNIFF_BYTES = 4096
+HEIF_META_BYTES = 64 * 1024
+PDF_SCAN_BYTES = 1024 * 1024
+PDF_DEFAULT_PAGE = (612.0, 792.0)  # US Letter in points, when no /MediaBox is found
+PDF_MAX_DPI = 300.0  # bounds the render when the page size guess is far too small
+DEFAULT_MAX_PIXELS = 100 * 1000 * 1000
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_RESOURCE_LIMITS = (("memory", "512MiB"), ("map", "1GiB"), ("disk", "4GiB"),
+                           ("area", "128MP"), ("width", "64KP"), ("height", "64KP"))
+PROBE_TIMEOUT = 20
+STDERR_LOG_CHARS = 2000
+
+# SECURITY: ImageMagick expands these in file names ('%d' scene numbers, globs, '[...]'
+# subimage specs) and Ghostscript expands '%' in its output file; such paths never reach argv.
+_IM_SPECIAL = re.compile(r"[%*?\[\]{}]")
+_MEDIA_BOX = re.compile(rb"/MediaBox\s*\[\s*" + rb"\s+".join([rb"([-+0-9.]+)"] * 4) + rb"\s*\]")
+_SCALE = re.compile(r"[0-9]+\Z")
+_FORMAT_LINE = re.compile(r"\s*([A-Z0-9-]+)\*?\s+\S+\s+([r-])([w-])[+-]")
+
+
+class ThumbnailError(Exception):
+    """Conversion failed: bad, hostile or corrupt file, or a converter error."""
+
+
+class NotThumbnailable(ThumbnailError):
+    """This type cannot be thumbnailed (here)."""
+
+
+class BadScale(ThumbnailError):
+    """The requested scale is missing, not a positive integer, or too large."""
+
+
+class Busy(ThumbnailError):
+    """The conversion queue is full; retry after `retry_after` seconds."""
+
+    def __init__(self, message="thumbnail queue full", retry_after=1):
+        super().__init__(message, retry_after)
+        self.retry_after = retry_after
+
+    def __str__(self):
+        return self.args[0]
+
+
+# ---------------------------------------------------------------------------- naming
+
+def parse_scale(value: Optional[str], max_scale: int, sizes: Optional[Iterable[int]]) -> int:
+    """Return the size to render for the `scale` query value.
+
+    A positive decimal integer without sign or spaces. With `sizes` (a ladder) it snaps up to
+    the next rung, and above the top rung the top rung is served; otherwise it must not exceed
+    `max_scale`. Raise BadScale with a one-line reason.
+    """
+    if not value:
+        raise BadScale("missing scale")
+    if not _SCALE.match(value):
+        raise BadScale("scale must be a positive integer: %r" % value[:20])
+    # NOTE: no int() on huge digit strings (slow, and limited on 3.11+); they are just "too big".
+    scale = int(value) if len(value) <= 12 else math.inf
+    if scale <= 0:
+        raise BadScale("scale must be a positive integer: %r" % value)
+    if sizes:
+        rungs = sorted(sizes)
+        return next((rung for rung in rungs if rung >= scale), rungs[-1])
+    if scale > max_scale:
+        raise BadScale("scale above the maximum of %d" % max_scale)
+    return scale
+
+
+def thumbnail_name(name: str, scale: int) -> str:
+    """Return the reference cache name '<root>_<scale><ext>' ('.png' for PDF/TIFF/HEIC/HEIF)."""
+    root, ext = os.path.splitext(name)
+    if ext.lower() in FORCE_PNG_EXTENSIONS:
+        ext = ".png"
+    return "%s_%d%s" % (root, scale, ext)
+
+
+def is_thumbnail_of(name: str, candidate: str) -> bool:
+    """Tell whether `candidate` is exactly '<root>_<digits><ext or .png>' for `name`."""
+    root, ext = os.path.splitext(name)
+    prefix = root + "_"
+    if not candidate.startswith(prefix):
+        return False
+    rest = candidate[len(prefix):]
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    return digits > 0 and rest[digits:] in (ext, ".png")
+
+
+def output_format(target_path: str) -> str:
+    """Return the format written for a thumbnail file name (by its extension, else PNG)."""
+    return OUTPUTS.get(os.path.splitext(target_path)[1].lower(), "png")
+
+
+# ---------------------------------------------------------------------------- content sniffing
+
+def sniff_format(head: bytes) -> Optional[str]:
+    """Return the input format named by a file's first bytes, or None if not supported."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "tiff"
+    # SECURITY: '%PDF-' at byte 0 only. Anything else (PostScript, junk before the header) would
+    # be run by Ghostscript's PostScript interpreter.
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM" and len(head) >= 18 and _le32(head, 14) in BMP_HEADER_SIZES:
+        return "bmp"
+    if head[4:8] == b"ftyp":
+        return _heif_kind(head)
+    return None
+
+
+def _le32(data: bytes, offset: int) -> int:
+    return struct.unpack("<I", data[offset:offset + 4])[0]
+
+
+def _heif_kind(head: bytes) -> Optional[str]:
+    """Return 'heic'/'heif' from an ISO-BMFF 'ftyp' box's brands, None for AVIF and video."""
+    box_end = min(struct.unpack(">I", head[:4])[0], len(head))
+    brands = {head[8:12]}
+    brands.update(head[i:i + 4] for i in range(16, box_end - 3, 4))
+    if head[8:12] in AVIF_BRANDS:
+        return None
+    if brands & HEIC_BRANDS:
+        return "heic"
+    if brands & HEIF_BRANDS:
+        return "heif"
+    return None
+
+
+def read_dimensions(f, fmt: str) -> Optional[Tuple[int, int]]:
+    """Return (width, height) from the header of an open file, or None if not cheaply known."""
+    reader = _SIZE_READERS.get(fmt)
+    if reader is None:
+        return None
+    try:
+        f.seek(0)
+        return reader(f)
+    except (struct.error, ValueError, IndexError) as ex:
+        # A malformed header is ImageMagick's to reject; its own limits still apply.
+        logger.debug("Cannot read %s dimensions: %s", fmt, ex)
+        return None
+
+
+def _png_size(f):
+    head = f.read(24)
+    return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else None
+
+
+def _gif_size(f):
+    head = f.read(13)
+    width, height = struct.unpack("<HH", head[6:10])
+    flags = head[10]
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    # A frame may be larger than the logical screen: find the first image descriptor.
+    for _ in range(256):
+        f.seek(position)
+        introducer = f.read(2)
+        if introducer[:1] == b",":
+            descriptor = introducer[1:] + f.read(7)
+            left, top, frame_width, frame_height = struct.unpack("<HHHH", descriptor)
+            return max(width, left + frame_width), max(height, top + frame_height)
+        if introducer[:1] != b"!":
+            break
+        position += 2
+        for _ in range(4096):  # extension sub-blocks, ended by a zero size
+            f.seek(position)
+            size = f.read(1)[0]
+            position += 1 + size
+            if not size:
+                break
+    return width, height
+
+
+def _jpeg_size(f):
+    f.seek(2)
+    for _ in range(1024):
+        if f.read(1) != b"\xff":
+            return None
+        marker = f.read(1)[0]
+        while marker == 0xFF:
+            marker = f.read(1)[0]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            continue
+        if marker in (0xD9, 0xDA):
+            return None
+        length = struct.unpack(">H", f.read(2))[0]
+        if marker in JPEG_SOF_MARKERS:
+            height, width = struct.unpack(">HH", f.read(5)[1:5])
+            return width, height
+        f.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+def _bmp_size(f):
+    head = f.read(26)
+    if struct.unpack("<I", head[14:18])[0] == 12:
+        return struct.unpack("<HH", head[18:22])
+    width, height = struct.unpack("<ii", head[18:26])
+    return abs(width), abs(height)
+
+
+def _webp_size(f):
+    head = f.read(30)
+    chunk = head[12:16]
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        bits = _le32(head, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def _tiff_size(f):
+    head = f.read(8)
+    order = "<" if head[:2] == b"II" else ">"
+    if struct.unpack(order + "H", head[2:4])[0] != 42:
+        return None  # BigTIFF: left to ImageMagick's width/height limits
+    f.seek(struct.unpack(order + "I", head[4:8])[0])
+    count = min(struct.unpack(order + "H", f.read(2))[0], 1024)
+    entries = f.read(12 * count)
+    found = {}
+    for start in range(0, len(entries) - 11, 12):
+        tag, kind = struct.unpack(order + "HH", entries[start:start + 4])
+        if tag in (256, 257):
+            # A SHORT value sits in the first two bytes of the four-byte field.
+            value_format, length = ("H", 2) if kind == 3 else ("I", 4)
+            value = entries[start + 8:start + 8 + length]
+            found[tag] = struct.unpack(order + value_format, value)[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _heif_size(f):
+    # The largest 'ispe' (image spatial extents) property in the metadata is the full image;
+    # grid tiles have smaller ones.
+    head = f.read(HEIF_META_BYTES)
+    sizes = [struct.unpack(">II", head[at + 8:at + 16])
+             for at in (m.start() for m in re.finditer(b"ispe", head)) if len(head) >= at + 16]
+    return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
+
+
+_SIZE_READERS = {"png": _png_size, "gif": _gif_size, "jpeg": _jpeg_size, "bmp": _bmp_size,
+                 "webp": _webp_size, "tiff": _tiff_size, "heic": _heif_size, "heif": _heif_size}
+
+
+def read_pdf_page_size(path: str) -> Tuple[float, float]:
+    """Return the first /MediaBox (width, height) in points near the file start, or Letter."""
+    with open(path, "rb") as f:
+        match = _MEDIA_BOX.search(f.read(PDF_SCAN_BYTES))
+    if match:
+        try:
+            x1, y1, x2, y2 = (float(number) for number in match.groups())
+        except ValueError:
+            return PDF_DEFAULT_PAGE
+        if abs(x2 - x1) >= 1 and abs(y2 - y1) >= 1:
+            return abs(x2 - x1), abs(y2 - y1)
+    return PDF_DEFAULT_PAGE
+
+
+# ---------------------------------------------------------------------------- argv builders (pure)
+
+def pdf_resolution(page_size: Tuple[float, float], scale: int) -> float:
+    """Return the dpi that renders a page of `page_size` points with its long side = scale."""
+    return min(PDF_MAX_DPI, max(1.0, round(scale * 72.0 / max(page_size), 3)))
+
+
+def ghostscript_args(gs: str, source: str, target: str, dpi: float) -> List[str]:
+    """Return gs argv rendering page 1 of `source` (a PDF) to the PNG `target` on white."""
+    return [gs, "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dQUIET", "-dFirstPage=1", "-dLastPage=1",
+            "-sDEVICE=png16m", "-r%g" % dpi, "-dTextAlphaBits=4", "-dGraphicsAlphaBits=4",
+            "-o", target, "-f", source]
+
+
+def jpeg_size_hint(size: Optional[Tuple[int, int]], scale: int) -> Optional[Tuple[int, int]]:
+    """Return the `jpeg:size` decode hint for a JPEG of `size`, or None when it cannot help.
+
+    libjpeg then decodes at a reduced scale (M/8) that is still at least twice the thumbnail.
+    The hint keeps the image's aspect ratio: ImageMagick picks a scale covering both hinted
+    sides, and libjpeg-turbo scales *up* to reach them (a 60x30 JPEG hinted 60x60 decodes at
+    120x60), so a hint must never exceed the image.
+    """
+    if not size or max(size) <= 2 * scale:
+        return None
+    longest = max(size)
+    return tuple(max(1, int(math.ceil(2.0 * scale * side / longest))) for side in size)
+
+
+def convert_args(convert: str, source: str, in_fmt: str, target: str, out_fmt: str, scale: int,
+                 limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
+                 size: Optional[Tuple[int, int]] = None) -> List[str]:
+    """Return ImageMagick argv shrinking page 1 of `source` to fit scale x scale at `target`.
+
+    Coders are explicit on both sides (`jpeg:/abs/src[0]`, `png:/abs/out`) so content can
+    never choose one; paths must be absolute and free of ImageMagick's special characters.
+    `size` is the source's stored (width, height), if known.
+    """
+    argv = [convert]
+    for name, value in limits:
+        argv += ["-limit", name, str(value)]
+    hint = jpeg_size_hint(size, scale) if in_fmt == "jpeg" else None
+    if hint:
+        # Decode large photos at 1/2..1/8 size: the biggest speed-up there is.
+        argv += ["-define", "jpeg:size=%dx%d" % hint]
+    argv += ["%s:%s[0]" % (INPUTS[in_fmt][0], source),
+             "-auto-orient", "+repage", "-colorspace", "sRGB",
+             "-resize", "%dx%d>" % (scale, scale)]
+    if out_fmt == "jpeg":
+        argv += ["-background", "white", "-alpha", "remove", "-quality", "85"]
+    argv += ["-depth", "8", "-strip", "%s:%s" % (out_fmt, target)]
+    return argv
+
+
+# ---------------------------------------------------------------------------- processes
+
+def run_command(argv: List[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run argv in its own process group; on timeout kill the whole group.
+
+    Raise subprocess.TimeoutExpired on timeout, OSError if the program cannot start.
+    """
+    logger.debug("Invoking %s", subprocess.list2cmdline(argv))
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        # Delegates (gs, ...) run as children: killing only the leader would leave them running.
+        _kill_group(process.pid)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _find_program(names: Iterable[str]) -> Optional[str]:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------- engine
+
+# One thumbnail to render: absolute source, its format, header size and mtime, target, scale.
+_Job = collections.namedtuple("_Job", "source fmt size mtime_ns target scale")
+
+
+class _Flight:
+    """One conversion in progress, shared by every request for the same thumbnail."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.error = None
+
+
+class Thumbnailer:
+    """Render thumbnails: one conversion per target, bounded concurrency, failures remembered.
+
+    `run(argv, timeout)` returns a CompletedProcess-like object (returncode, stdout, stderr)
+    and raises subprocess.TimeoutExpired or OSError; it is injectable for tests.
+    """
+
+    def __init__(self, convert: Optional[str] = None, gs: Optional[str] = None,
+                 timeout: float = 60, max_workers: Optional[int] = None,
+                 max_queue: int = DEFAULT_MAX_QUEUE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 failure_ttl: float = 60, can_thumbnail: Optional[Iterable[str]] = None,
+                 run: Callable = run_command,
+                 limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.convert = convert or _find_program(("magick", "convert"))
+        self.gs = gs or _find_program(("gs",))
+        self.timeout = timeout
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.max_queue = max_queue
+        self.max_pixels = max_pixels
+        self.failure_ttl = failure_ttl
+        self.can_thumbnail = None if can_thumbnail is None else frozenset(can_thumbnail)
+        self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
+        self._run = run
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._slots = threading.Semaphore(self.max_workers)
+        self._flights = {}  # absolute target path -> _Flight
+        self._pending = 0  # conversions running or waiting for a slot
+        self._failures = {}  # _failure_key(job) -> (expires, exception type, args)
+        self._average_seconds = 1.0
+        self._formats = None
+
+    # -- public API
+
+    def thumbnail(self, source_path: str, target_path: str, scale: int) -> str:
+        """Ensure `target_path` holds a thumbnail of `source_path`; return its content type.
+
+        Renders when the target is missing or older than the source. Raise FileNotFoundError
+        (no source), NotThumbnailable, ThumbnailError (conversion failed, now or within
+        failure_ttl) or Busy (queue full).
+        """
+        mtime_ns = os.stat(source_path).st_mtime_ns
+        target_path = os.path.abspath(target_path)
+        content_type = CONTENT_TYPES[output_format(target_path)]
+        if _is_fresh(target_path, mtime_ns):
+            return content_type
+        fmt, size = self.inspect(source_path)
+        job = _Job(os.path.abspath(source_path), fmt, size, mtime_ns, target_path, scale)
+        with self._lock:
+            self._raise_remembered_failure(job)
+            if _is_fresh(target_path, mtime_ns):
+                return content_type
+            flight = self._flights.get(target_path)
+            leader = flight is None
+            if leader:
+                flight = self._start_flight(target_path)
+        if leader:
+            self._lead(flight, job)
+        else:
+            flight.done.wait()
+            if flight.error is not None:
+                raise _copy_error(flight.error)
+        return content_type
+
+    def inspect(self, source_path: str) -> Tuple[str, Optional[Tuple[int, int]]]:
+        """Return the source's real format and header size after the cheap checks.
+
+        Checks the magic bytes, that the format is allowed and supported, and the pixel cap.
+        Raise FileNotFoundError, NotThumbnailable or ThumbnailError (too many pixels).
+        """
+        with open(source_path, "rb") as f:
+            fmt = sniff_format(f.read(SNIFF_BYTES))
+            if fmt is None:
+                raise NotThumbnailable("not a thumbnailable image or PDF")
+            if self.can_thumbnail is not None and INPUTS[fmt][1] not in self.can_thumbnail:
+                raise NotThumbnailable("%s thumbnails are disabled" % INPUTS[fmt][1])
+            if not self.formats().get(fmt):
+                raise NotThumbnailable("no %s converter on this server" % fmt.upper())
+            size = read_dimensions(f, fmt)
+        self._check_pixels(size, fmt)
+        return fmt, size
+
+    def formats(self) -> Dict[str, bool]:
+        """Return which input formats this machine can thumbnail (probed once, then cached)."""
+        with self._probe_lock:
+            if self._formats is None:
+                self._formats = self._probe_formats()
+            return dict(self._formats)
+
+    # -- single flight and bounded pool
+
+    def _start_flight(self, target_path: str) -> _Flight:
+        # Called with self._lock held.
+        if self._pending >= self.max_workers + self.max_queue:
+            estimate = self._average_seconds * self._pending / self.max_workers
+            raise Busy(retry_after=max(1, min(60, int(math.ceil(estimate)))))
+        flight = self._flights[target_path] = _Flight()
+        self._pending += 1
+        return flight
+
+    def _lead(self, flight: _Flight, job: _Job) -> None:
+        try:
+            with self._slots:
+                started = self._clock()
+                self._render(job)
+                elapsed = self._clock() - started
+                self._average_seconds = 0.8 * self._average_seconds + 0.2 * elapsed
+        except BaseException as ex:
+            flight.error = ex
+            if isinstance(ex, ThumbnailError):
+                self._remember_failure(job, ex)
+            raise
+        finally:
+            with self._lock:
+                del self._flights[job.target]
+                self._pending -= 1
+            flight.done.set()
+
+    def _remember_failure(self, job: _Job, ex: ThumbnailError) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._failures) >= 1024:
+                self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
+            self._failures[_failure_key(job)] = (now + self.failure_ttl, type(ex), ex.args)
+
+    def _raise_remembered_failure(self, job: _Job) -> None:
+        # Called with self._lock held.
+        key = _failure_key(job)
+        failure = self._failures.get(key)
+        if failure is None:
+            return
+        expires, error_type, args = failure
+        if expires <= self._clock():
+            del self._failures[key]
+            return
+        raise error_type(*args)
+
+    # -- conversion
+
+    def _check_pixels(self, size: Optional[Tuple[int, int]], fmt: str) -> None:
+        if size is None:
+            return
+        width, height = size
+        if width <= 0 or height <= 0:
+            raise ThumbnailError("%s image has no pixels (%dx%d)" % (fmt.upper(), width, height))
+        if width * height > self.max_pixels:
+            raise ThumbnailError("image too large: %dx%d exceeds the %d-pixel limit"
+                                 % (width, height, self.max_pixels))
+
+    def _render(self, job: _Job) -> None:
+        """Render into a private '.thumb-*.tmp' dir beside the target, then publish atomically."""
+        target_dir = os.path.dirname(job.target)
+        os.makedirs(target_dir, exist_ok=True)
+        workdir = tempfile.mkdtemp(prefix=".thumb-", suffix=".tmp", dir=target_dir)
+        try:
+            if _IM_SPECIAL.search(workdir):
+                raise ThumbnailError("thumbnail directory name has characters ImageMagick "
+                                     "interprets: %r" % target_dir)
+            source = _safe_source(job.source, workdir)
+            out = os.path.join(workdir, "out")
+            out_fmt = output_format(job.target)
+            if job.fmt == "pdf":
+                self._render_pdf(source, workdir, out, out_fmt, job.scale)
+            else:
+                self._call(convert_args(self.convert, source, job.fmt, out, out_fmt, job.scale,
+                                        self.limits, job.size))
+            self._check_output(out, out_fmt)
+            if os.stat(out).st_mtime_ns < job.mtime_ns:
+                # A source dated in the future must not leave its thumbnail stale forever.
+                os.utime(out, ns=(job.mtime_ns, job.mtime_ns))
+            os.replace(out, job.target)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _render_pdf(self, source: str, workdir: str, out: str, out_fmt: str, scale: int) -> None:
+        # NOTE: a page has no pixel size; render it straight at the requested size with
+        # Ghostscript (stock ImageMagick policies forbid PDF), and resize only if the page-size
+        # guess was off or the name asks for another format.
+        page = os.path.join(workdir, "page.png")
+        dpi = pdf_resolution(read_pdf_page_size(source), scale)
+        self._call(ghostscript_args(self.gs, source, page, dpi))
+        size = self._check_output(page, "png")
+        if out_fmt == "png" and max(size) <= scale:
+            os.replace(page, out)
+        else:
+            self._call(convert_args(self.convert, page, "png", out, out_fmt, scale, self.limits))
+
+    def _check_output(self, path: str, fmt: str) -> Tuple[int, int]:
+        try:
+            with open(path, "rb") as f:
+                size = read_dimensions(f, fmt)
+        except FileNotFoundError:
+            size = None
+        if not size:
+            raise ThumbnailError("the converter produced no %s image" % fmt.upper())
+        self._check_pixels(size, fmt)
+        return size
+
+    def _call(self, argv: List[str]) -> None:
+        tool = os.path.basename(argv[0])
+        try:
+            result = self._run(argv, timeout=self.timeout)
+        except subprocess.TimeoutExpired as ex:
+            raise ThumbnailError("%s timed out after %gs" % (tool, self.timeout)) from ex
+        except OSError as ex:
+            raise ThumbnailError("cannot run %s: %s" % (argv[0], ex)) from ex
+        if result.returncode != 0:
+            stderr = (result.stderr or b"").decode("utf-8", "replace")
+            logger.warning("%s failed (exit %s): %s", subprocess.list2cmdline(argv),
+                           result.returncode, stderr[-STDERR_LOG_CHARS:])
+            # The client sees only the tool and status; paths and details stay in the log.
+            raise ThumbnailError("%s could not convert this file (exit %s)"
+                                 % (tool, result.returncode))
+
+    # -- capability probe
+
+    def _probe_formats(self) -> Dict[str, bool]:
+        readable = set()
+        if self.convert:
+            result = self._probe([self.convert, "-list", "format"])
+            for line in (result or "").splitlines():
+                match = _FORMAT_LINE.match(line)
+                if match and match.group(2) == "r":
+                    readable.add(match.group(1).lower())
+        formats = {fmt: coder in readable for fmt, (coder, _) in INPUTS.items() if coder}
+        # PDF pages are rendered by gs and, when needed, resized by convert as PNG.
+        formats["pdf"] = bool(self.gs and "png" in readable
+                              and self._probe([self.gs, "--version"]) is not None)
+        missing = sorted(fmt for fmt, ok in formats.items() if not ok)
+        if missing:
+            logger.info("Thumbnails unavailable for: %s", ", ".join(missing))
+        return formats
+
+    def _probe(self, argv: List[str]) -> Optional[str]:
+        try:
+            result = self._run(argv, timeout=PROBE_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as ex:
+            logger.warning("Cannot run %s: %s", argv[0], ex)
+            return None
+        if result.returncode != 0:
+            logger.warning("%s exited with %s", subprocess.list2cmdline(argv), result.returncode)
+            return None
+        return (result.stdout or b"").decode("utf-8", "replace")
+
+
+def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:
+    try:
+        return os.stat(target_path).st_mtime_ns >= source_mtime_ns
+    except FileNotFoundError:
+        return False
+
+
+def _failure_key(job: _Job) -> tuple:
+    # A new upload under the same name (new mtime) is tried again at once.
+    return job.source, job.mtime_ns, job.scale
+
+
+def _safe_source(source: str, workdir: str) -> str:
+    """Return a path ImageMagick reads literally: the source, or a symlink to it if needed."""
+    if not _IM_SPECIAL.search(source):
+        return source
+    link = os.path.join(workdir, "source")
+    os.symlink(source, link)
+    return link
+
+
+def _copy_error(ex: BaseException) -> BaseException:
+    """Return a fresh exception like `ex`, so waiting threads never share one traceback."""
+    try:
+        return type(ex)(*ex.args)
+    except Exception:  # an exception type with an unusual constructor
+        return ThumbnailError(str(ex))
