@@ -15,7 +15,7 @@ U7 = "a6daad6c-5091-4461-86ee-eeba9434ef2b.jpg"  # a Specify 7 attachment locati
 U6 = "sp62617394751943871.att.jpg"  # a Specify 6 attachment location
 COLL = "KU Fish Voucher Collection"
 SP7_BOUNDARY = "----WebKitFormBoundaryAbC123"
-SP6_BOUNDARY = "Xq9-_aB3cD4eF5gH6iJ7kL8mN9oP0qR1sT"  # 35 chars of [-_0-9a-zA-Z]
+SP6_BOUNDARY = "Xq9-_aB3cD4eF5gH6iJ7kL8mN9oP0qR1sT2"  # 35 chars of [-_0-9a-zA-Z]
 
 
 class Result:

@@ -156,6 +156,8 @@ def _relative_dir(value):
     parts = value.replace("\\", "/").split("/")
     if value.startswith(("/", "\\")) or any(part in ("", ".", "..") for part in parts):
         raise ValueError("expected a relative directory name without '..'")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("expected a directory name without control characters")
     return value
 
 

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import pkgutil
 from urllib.request import pathname2url
 from xml.sax.saxutils import escape

@@ -36,6 +36,7 @@ class Request:
         self.path = _recode(environ.get("PATH_INFO", "")) or "/"
         self.route = None  # set by the app once matched
         self._query = None
+        self._form = None
 
     @property
     def query(self):
@@ -77,8 +78,15 @@ class Request:
     def form(self):
         """Return an application/x-www-form-urlencoded body as a dict (last key wins).
 
-        Raises PayloadTooLarge beyond 64 KiB, BadRequest when incomplete.
+        The body is read once and kept: the token check and the handler both
+        use it. Raises PayloadTooLarge beyond 64 KiB, BadRequest when incomplete.
         """
+        if self._form is None:
+            self._form = self._read_form()
+        return self._form
+
+    def _read_form(self):
+        """Read and parse the urlencoded body; the errors of form()."""
         length = self.content_length
         if length is not None and length > MAX_FORM_BYTES:
             raise errors.PayloadTooLarge("Form body too large.")
