@@ -1,16 +1,28 @@
-"""Command line: `python -m webassets serve [--settings F] [--host H] [--port P]` and friends."""
+"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats` (or python -m)."""
 
 import argparse
 import logging
 import os
 import secrets
 import sys
+import time
 
-from . import __version__, config
+from . import __version__, config, logutil
 
 logger = logging.getLogger("webassets")
 
-EXIT_OK, EXIT_FAULT, EXIT_CONFIG = 0, 1, 2
+# Exit statuses scripts can rely on (also in `webassets --help`).
+EXIT_OK, EXIT_FAULT, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EXIT_HELP = """\
+exit status:
+  0    success; nothing needs attention
+  1    something needs attention: check found a FAIL; fsck or prune left a problem (with
+       --dry-run: found something to repair); pregen had a failed conversion; serve could
+       not listen
+  2    bad command line or settings (including an unknown --coll)
+  130  interrupted (Ctrl-C); pregen stops after the conversions running, and resumes later
+"""
 
 
 def _load(args):
@@ -24,6 +36,10 @@ def _load(args):
     return settings._replace(**overrides)
 
 
+def _source(args):
+    return args.settings or os.environ.get("WEBASSETS_SETTINGS") or "the defaults"
+
+
 def prepare_store(settings):
     """Create BASE_DIR if needed and check it is writable; raise ConfigError otherwise."""
     try:
@@ -34,6 +50,18 @@ def prepare_store(settings):
         raise config.ConfigError("BASE_DIR %s is not writable by this user" % settings.BASE_DIR)
 
 
+def _existing_store(settings):
+    """Return the app over an existing BASE_DIR (never created here); ConfigError if missing."""
+    from .app import create_app
+
+    if not os.path.isdir(settings.BASE_DIR):
+        raise config.ConfigError("BASE_DIR %s does not exist (is the volume mounted?)"
+                                 % settings.BASE_DIR)
+    return create_app(settings)
+
+
+# ---------------------------------------------------------------------------- commands
+
 def cmd_serve(args):
     """Run the built-in threaded server until SIGTERM/SIGINT."""
     from .app import create_app
@@ -41,6 +69,7 @@ def cmd_serve(args):
     from .server import serve
 
     settings = _load(args)
+    logutil.set_format(args.log, settings.ACCESS_LOG_FORMAT)
     prepare_store(settings)
     app = create_app(settings)
     formats = app.thumbnailer.formats()
@@ -57,8 +86,13 @@ def cmd_serve(args):
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
                     public_base(settings))
 
-    serve(app, settings.BIND_ADDRESS, settings.PORT, workers=settings.WORKERS,
-          timeout=settings.REQUEST_TIMEOUT, ready=ready)
+    try:
+        serve(app, settings.BIND_ADDRESS, settings.PORT, workers=settings.WORKERS,
+              timeout=settings.REQUEST_TIMEOUT, ready=ready)
+    except OSError as ex:
+        logger.error("Cannot listen on %s:%d: %s", settings.BIND_ADDRESS, settings.PORT,
+                     ex.strerror or ex)
+        return EXIT_FAULT
     return EXIT_OK
 
 
@@ -68,34 +102,187 @@ def cmd_keygen(args):
     return EXIT_OK
 
 
+def cmd_token(args):
+    """Print a token for NAME, signed now with the first configured key."""
+    from . import auth
+
+    settings = _load(args)
+    if not settings.keys:
+        raise config.ConfigError("KEY is None: the server checks no tokens")
+    sys.stdout.write(auth.generate_token(settings.keys[0], int(time.time()), args.name) + "\n")
+    return EXIT_OK
+
+
+def cmd_check(args):
+    """Check the settings, store, converters and keys; print one screen."""
+    from . import check
+    from .app import create_app
+
+    try:
+        settings = _load(args)
+    except config.ConfigError as ex:
+        sys.stdout.write("webassets %s check, settings from %s\n\n  [FAIL] %s\n"
+                         % (__version__, _source(args), ex))
+        return EXIT_CONFIG
+    return check.run_check(settings, _source(args), create_app(settings))
+
+
+def cmd_pregen(args):
+    """Make missing thumbnails ahead of time."""
+    from . import admin, storage
+
+    settings = _load(args)
+    if args.jobs:
+        settings = settings._replace(THUMBNAIL_WORKERS=args.jobs)
+    app = _existing_store(settings)
+    try:
+        return admin.pregen(app.store, app.thumbnailer, settings, sizes=args.sizes,
+                            coll=args.coll, quiet=args.quiet)
+    except storage.UnknownCollection as ex:
+        raise config.ConfigError(str(ex)) from None
+
+
+def cmd_prune(args):
+    """Remove orphan and off-ladder thumbnails."""
+    from . import admin
+
+    settings = _load(args)
+    return admin.prune(_existing_store(settings).store, settings, dry_run=args.dry_run,
+                       quiet=args.quiet)
+
+
+def cmd_fsck(args):
+    """Check the store; repair what is safe to repair."""
+    from . import admin
+
+    app = _existing_store(_load(args))
+    return admin.fsck(app.store, dry_run=args.dry_run, grace=args.grace, quiet=args.quiet)
+
+
+def cmd_stats(args):
+    """Print counts and sizes per collection directory."""
+    from . import admin
+
+    app = _existing_store(_load(args))
+    return admin.stats(app.store, top=args.top, as_json=args.json, quiet=args.quiet)
+
+
+# ---------------------------------------------------------------------------- parser
+
+def _sizes(text):
+    try:
+        sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected sizes like 123,200") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("expected positive sizes like 123,200")
+    return sizes
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer")
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected seconds (0 or more)")
+    return value
+
+
+def _common(walks=False):
+    """Return the options every command that reads settings shares."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--settings", help="settings.py (default: $WEBASSETS_SETTINGS)")
+    parent.add_argument("-v", "--verbose", action="store_true", help="log INFO messages too")
+    if walks:
+        parent.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    return parent
+
+
+def _add(sub, name, func, help_text, parents=(), description=None):
+    parser = sub.add_parser(name, help=help_text, description=description or help_text,
+                            parents=list(parents), epilog=EXIT_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser():
     """Return the argparse parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="webassets", description="Specify web asset server.")
+    parser = argparse.ArgumentParser(prog="webassets", description="Specify web asset server.",
+                                     epilog=EXIT_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="webassets " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the built-in HTTP server")
-    serve.add_argument("--settings", help="settings.py (default: $WEBASSETS_SETTINGS)")
+    common, walks = _common(), _common(walks=True)
+    serve = _add(sub, "serve", cmd_serve, "run the built-in HTTP server", [common])
     serve.add_argument("--host", help="address to listen on (default: BIND_ADDRESS, 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default: PORT)")
-    serve.set_defaults(func=cmd_serve)
-    keygen = sub.add_parser("keygen", help="print a new random key")
-    keygen.set_defaults(func=cmd_keygen)
+    _add(sub, "check", cmd_check, "check settings, store, converters and keys; one screen",
+         [common])
+    _add(sub, "keygen", cmd_keygen, "print a new random key for KEY and attachment.key")
+    token = _add(sub, "token", cmd_token, "print a valid token for NAME (for curl tests)",
+                 [common])
+    token.add_argument("name", metavar="NAME", help="the file name (or random) the token signs")
+    thumbs = _add(sub, "thumbnails", None, "make or prune cached thumbnails")
+    thumbs.set_defaults(help_parser=thumbs)
+    actions = thumbs.add_subparsers(dest="action", metavar="ACTION")
+    pregen = _add(actions, "pregen", cmd_pregen,
+                  "make missing thumbnails ahead of time (resumable)", [walks])
+    pregen.add_argument("--sizes", type=_sizes, default=[123, 200],
+                        help="comma-separated sizes, snapped to THUMBNAIL_SIZES like requests "
+                             "(default: 123,200)")
+    pregen.add_argument("--coll", help="only this collection (a COLLECTION_DIRS name)")
+    pregen.add_argument("--jobs", type=_positive,
+                        help="conversions at once (default: THUMBNAIL_WORKERS)")
+    prune = _add(actions, "prune", cmd_prune,
+                 "remove thumbnails of deleted originals and sizes not in THUMBNAIL_SIZES",
+                 [walks])
+    prune.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    fsck = _add(sub, "fsck", cmd_fsck, "find and repair store problems", [walks], description=(
+        "Remove temporary files of interrupted uploads and renders (older than --grace), "
+        "orphan and zero-byte thumbnails; report zero-byte or unreadable originals and names "
+        "the server can never serve (those are never changed)."))
+    fsck.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    fsck.add_argument("--grace", type=_seconds, default=3600, metavar="SECONDS",
+                      help="leave temporary files younger than this alone (default: 3600)")
+    stats = _add(sub, "stats", cmd_stats, "originals and thumbnails per collection directory",
+                 [walks])
+    stats.add_argument("--top", type=_positive, default=10, help="largest files shown (10)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
 def main(argv=None):
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (argparse exits 2 on bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        getattr(args, "help_parser", parser).print_help()
         return EXIT_CONFIG
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serving = args.command == "serve"
+    args.log = logutil.install(logging.INFO if serving or getattr(args, "verbose", False)
+                               else logging.WARNING)
     try:
         return args.func(args)
     except config.ConfigError as ex:
         logger.error("%s", ex)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        logger.warning("Interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        logutil.uninstall(args.log)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Callable, NamedTuple, Optional
 
-from . import auth, errors, handlers, multipart, storage, thumbnails
+from . import auth, errors, handlers, logutil, metrics, multipart, storage, thumbnails
 from .httputil import Request, Response
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ ROUTES = (
     Route("/getmetadata", GET, handlers.getmetadata, token="filename"),
     Route("/getfileref", GET, handlers.getfileref, cors=True),
     Route("/static/", GET, handlers.static, prefix=True),
+    # Monitoring, outside the Specify protocol: no token, ever.
+    Route("/healthz", GET, handlers.healthz),
+    Route("/readyz", GET, handlers.readyz),
+    Route("/metrics", GET, handlers.metrics),
 )
 
 # Domain error -> HTTP error. Keep this the only such mapping; subclasses first.
@@ -82,23 +86,27 @@ def error_response(error):
 class App:
     """The asset server as a WSGI callable; everything it uses is passed in."""
 
-    def __init__(self, settings, store, thumbnailer, metadata, clock=time.time, routes=ROUTES):
+    def __init__(self, settings, store, thumbnailer, metadata, clock=time.time, routes=ROUTES,
+                 metrics=None):
         self.settings = settings
         self.store = store
         self.thumbnailer = thumbnailer
         self.metadata = metadata
         self.clock = clock
         self.routes = routes
+        self.metrics = metrics  # a metrics.Metrics, or None when METRICS is off
 
     def __call__(self, environ, start_response):
+        started = time.perf_counter()
         request = Request(environ, arrived=self.clock())
+        logutil.assign_request_id(environ)
         route = None
         try:
             route, params = self.match(request.method, request.path)
             request.route = route
             if route.token_in != "handler":
                 self.authorize(request, route)
-            response = route.handler(self, request, **params)
+            response = self.dispatch(route, request, params)
         except errors.HTTPError as ex:
             response = error_response(ex)
         except DOMAIN_ERRORS as ex:
@@ -109,6 +117,7 @@ class App:
             logger.exception("Unhandled error on %s %s", request.method, request.path)
             response = error_response(errors.InternalServerError())
         self.finish(request, route, response)
+        self.done(request, route, response, started)
         return response(environ, start_response)
 
     def match(self, method, path):
@@ -124,6 +133,29 @@ class App:
                 raise errors.MethodNotAllowed(route.methods)
             return route, params
         raise errors.NotFound()
+
+    def dispatch(self, route, request, params):
+        """Run the route's handler; while it runs, the request counts as in progress."""
+        if self.metrics is None:
+            return route.handler(self, request, **params)
+        self.metrics.enter(route.path)
+        try:
+            return route.handler(self, request, **params)
+        finally:
+            self.metrics.leave(route.path)
+
+    def done(self, request, route, response, started):
+        """Record the answered request in the metrics; end its log context."""
+        logutil.clear_request_id()  # later log lines of this thread are not this request's
+        if self.metrics is None:
+            return
+        seconds = time.perf_counter() - started
+        status = response.status.value
+        has_body = request.method != "HEAD" and status not in (204, 304)
+        self.metrics.observe_request(
+            route.path if route is not None else metrics.OTHER_ENDPOINT, status, seconds,
+            _length(request.environ.get("CONTENT_LENGTH")),
+            _length(response.get_header("Content-Length")) if has_body else 0)
 
     def authorize(self, request, route, fields=None):
         """Check the route's token (from the query, the form, or `fields`); Forbidden.
@@ -152,22 +184,34 @@ class App:
         """Add the cross-cutting headers; drop the body of HEAD responses."""
         # Specify 6 and 7 resync their clocks from X-Timestamp, even on errors.
         response.set_header("X-Timestamp", str(int(self.clock())))
+        response.set_header("X-Request-Id", request.environ[logutil.REQUEST_ID_KEY])
         if route is not None and route.cors:
             response.set_header("Access-Control-Allow-Origin", "*")
         if request.method == "HEAD":
             response.drop_body()
 
 
+def _length(value):
+    """Return a Content-Length header's value as an int (0 if absent or malformed)."""
+    return int(value) if value and value.isdigit() else 0
+
+
 def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time.time):
-    """Build the App for `settings`; collaborators default to the real ones."""
+    """Build the App for `settings`; collaborators default to the real ones.
+
+    With METRICS on, the default thumbnailer also reports to the app's metrics.
+    """
     from . import metadata as metadata_module  # NOTE: keeps ExifRead off the import path of tools
 
+    registry = metrics.Metrics() if settings.METRICS else None
     if store is None:
         store = storage.FileStore(settings.BASE_DIR, settings.ORIG_DIR, settings.THUMB_DIR,
                                   settings.COLLECTION_DIRS)
     if thumbnailer is None:
-        thumbnailer = thumbnails.Thumbnailer(
+        options = dict(
             convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
             max_workers=settings.THUMBNAIL_WORKERS, max_queue=settings.THUMBNAIL_QUEUE,
             max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL)
-    return App(settings, store, thumbnailer, metadata or metadata_module, clock)
+        thumbnailer = (thumbnails.Thumbnailer(**options) if registry is None
+                       else metrics.MeteredThumbnailer(registry, **options))
+    return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

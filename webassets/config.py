@@ -60,6 +60,8 @@ class Settings(NamedTuple):
     MAX_PIXELS: int = 200 * 1000 * 1000
     WORKERS: int = 16
     REQUEST_TIMEOUT: int = 60
+    METRICS: bool = True  # serve /metrics (Prometheus text) and count for it
+    ACCESS_LOG_FORMAT: str = "combined"  # 'combined' (Apache) or 'json' (one object per line)
 
     @property
     def public_name(self):
@@ -193,6 +195,15 @@ def _sizes(value):
     return tuple(sorted({check(item) for item in value}))
 
 
+def _choice(*choices):
+    def choice(value):
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ValueError("expected one of %s" % ", ".join(choices))
+        return value.strip().lower()
+    choice.__name__ = "choice"
+    return choice
+
+
 def _public_url(value):
     value = _text(value).rstrip("/")
     if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
@@ -234,6 +245,8 @@ _CONVERTERS = {
     "MAX_PIXELS": _integer(1),
     "WORKERS": _integer(1, 1024),
     "REQUEST_TIMEOUT": _integer(1),
+    "METRICS": _boolean,
+    "ACCESS_LOG_FORMAT": _choice("combined", "json"),
 }
 
 # Names the reference's Docker image reads (specify/web-asset-server Dockerfile).

@@ -6,7 +6,8 @@ import pkgutil
 from urllib.request import pathname2url
 from xml.sax.saxutils import escape
 
-from . import errors, multipart, storage, thumbnails
+from . import errors, health, multipart, storage, thumbnails
+from . import metrics as metrics_module
 from .httputil import TEXT_PLAIN, Response, content_disposition, file_response, guess_type
 
 logger = logging.getLogger(__name__)
@@ -203,3 +204,31 @@ def static(app, request, path):
     _require_static_access(app)
     full = app.store.static_path(path)
     return file_response(request, app.store.open_path(full), guess_type(full))
+
+
+# ---------------------------------------------------------------------------- monitoring
+
+def healthz(app, request):
+    """Answer liveness: the process serves requests (no I/O at all)."""
+    return Response(b"ok\n")
+
+
+def readyz(app, request):
+    """Answer readiness: 200 if the store is writable and the converters exist, else 503.
+
+    The body has one line per check; a failing one says why. No paths: no token is needed.
+    """
+    results = health.readiness(app)
+    lines = ["ok %s" % name if problem is None else "FAIL %s: %s" % (name, problem)
+             for name, problem in results]
+    ready = all(problem is None for _, problem in results)
+    # NOTE: a 503 here is the answer, not an error of the request: no Retry-After.
+    return Response(("\n".join(lines) + "\n").encode("utf-8"), 200 if ready else 503)
+
+
+def metrics(app, request):
+    """Serve the Prometheus text exposition; 404 when METRICS is off."""
+    if app.metrics is None:
+        raise errors.NotFound()
+    return Response(app.metrics.render().encode("utf-8"),
+                    content_type=metrics_module.CONTENT_TYPE)

@@ -21,12 +21,11 @@ from http import HTTPStatus
 from typing import Callable
 from typing import Optional
 
-from . import __version__
+from . import __version__, logutil
 
 __all__ = ["FileWrapper", "WSGIServer", "make_server", "serve"]
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("webassets.access")
 
 SERVER_SOFTWARE = "webassets/" + __version__
 BLOCK_SIZE = 256 * 1024        # file_wrapper read size when sendfile(2) cannot be used
@@ -42,13 +41,7 @@ CLIENT_ERRORS = (BrokenPipeError, ConnectionAbortedError, ConnectionResetError, 
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
 _UNSAFE_HEADER = re.compile(r"[\r\n\0]")
 # SECURITY: request lines and headers are client text; escape it so it cannot forge log lines.
-_LOG_ESCAPES = {code: "\\x%02x" % code for code in list(range(0x20)) + list(range(0x7F, 0xA0))}
-_LOG_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
-
-
-def _escape(text) -> str:
-    """Return `text` with control characters, quotes and backslashes escaped for a log line."""
-    return str(text).translate(_LOG_ESCAPES)
+_escape = logutil.escape
 
 
 def _content_length(value) -> Optional[int]:
@@ -321,6 +314,8 @@ class ServerHandler(wsgiref.handlers.SimpleHandler):
     def close(self):
         """Close the app's iterable, write the access log line and reset for reuse."""
         status, sent = self.status, self.bytes_sent
+        # The app leaves the request id in the environ; take it before the reset below.
+        self.request_handler.request_id = (self.environ or {}).get(logutil.REQUEST_ID_KEY)
         try:
             self._close_result()
         except Exception:  # the app's close(): the response is out, so log rather than send a 500
@@ -379,7 +374,9 @@ class RequestHandler(wsgiref.simple_server.WSGIRequestHandler):
     disable_nagle_algorithm = True
     _linger = False
     _started = None
+    _started_wall = None
     _expect_continue = False
+    request_id = None  # the app's request id, for the access log line
 
     def __init__(self, request, client_address, server):
         # Unlike socketserver's handlers, do not serve from the constructor: between requests
@@ -420,6 +417,8 @@ class RequestHandler(wsgiref.simple_server.WSGIRequestHandler):
         self.close_connection = True
         self.headers = None
         self._expect_continue = False
+        self.request_id = None
+        logutil.clear_request_id()
         if not self._read_request_line() or not self.parse_request():
             return  # EOF, timeout, or parse_request() has already sent the error
         length = self._body_length()
@@ -453,13 +452,14 @@ class RequestHandler(wsgiref.simple_server.WSGIRequestHandler):
                 self._lingering_close()
 
     def log_request(self, code="-", size="-"):
-        """Write the access log line: client, request line, status, bytes, referer, agent, ms."""
+        """Write the access log line: Apache combined, then the request id and duration."""
         headers = self.headers or {}
-        elapsed = (time.monotonic() - self._started) * 1000.0 if self._started else 0.0
-        access_logger.info('%s - - "%s" %s %s "%s" "%s" %.1fms', self.client_address[0],
-                           _escape(self.requestline), getattr(code, "value", code), size,
-                           _escape(headers.get("Referer", "-")),
-                           _escape(headers.get("User-Agent", "-")), elapsed)
+        elapsed = time.monotonic() - self._started if self._started else 0.0
+        logutil.log_access(self.client_address[0], self.requestline, getattr(code, "value", code),
+                           size if isinstance(size, int) else 0, headers.get("Referer"),
+                           headers.get("User-Agent"), self._started_wall or time.time(),
+                           elapsed, self.request_id)
+        self.request_id = None
 
     def log_message(self, fmt, *args):
         logger.debug("%s: %s", self.client_address[0], _escape(fmt % args))
@@ -472,6 +472,7 @@ class RequestHandler(wsgiref.simple_server.WSGIRequestHandler):
         self._reader.deadline = time.monotonic() + self.timeout
         self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
         self._started = time.monotonic()
+        self._started_wall = time.time()
         if len(self.raw_requestline) > MAX_LINE:
             self.requestline = self.request_version = self.command = ""
             self._linger = True

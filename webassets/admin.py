@@ -1,0 +1,476 @@
+"""Store maintenance: thumbnails pregen and prune, fsck and stats, over every collection dir."""
+
+import heapq
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import stat
+import sys
+import threading
+import time
+from typing import NamedTuple
+
+from . import logutil, storage, thumbnails
+from .progress import Progress
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXIT_OK", "EXIT_ATTENTION", "Area", "areas", "parse_thumbnail", "pregen", "prune",
+           "fsck", "stats", "human_size"]
+
+# Exit statuses: 0 nothing needs attention; 1 something does (a failure, a problem left,
+# or with --dry-run something that would be repaired). 2 (bad usage or settings) is main's.
+EXIT_OK, EXIT_ATTENTION = 0, 1
+DEFAULT_GRACE = 3600  # seconds: a temporary file younger than this may belong to a live request
+DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
+MAX_LISTED_FAILURES = 20
+_THUMB_STEM = re.compile(r"(.+)_([0-9]{1,9})\Z", re.S)
+
+
+class Area(NamedTuple):
+    """One collection directory of the store: where its originals and thumbnails are."""
+
+    label: str  # its directory under BASE_DIR; '.' when COLLECTION_DIRS is None
+    colls: tuple  # the collections kept there
+    originals: str
+    thumbnails: str
+
+
+def areas(store, coll=None):
+    """Return the store's collection directories, or only `coll`'s; UnknownCollection.
+
+    Collections that share a directory share one Area.
+    """
+    if store.collection_dirs is None:
+        # COMPAT: without COLLECTION_DIRS every collection is the one store.
+        return [Area(".", (), store.originals_dir(None), store.thumbnails_dir(None))]
+    wanted = store.originals_dir(coll) if coll is not None else None
+    by_dir = {}
+    for name, directory in store.collection_dirs.items():
+        by_dir.setdefault(directory, []).append(name)
+    found = []
+    for directory, colls in sorted(by_dir.items()):
+        first = sorted(colls)[0]
+        area = Area(directory, tuple(sorted(colls)), store.originals_dir(first),
+                    store.thumbnails_dir(first))
+        if wanted is None or area.originals == wanted:
+            found.append(area)
+    return found
+
+
+def parse_thumbnail(name):
+    """Return (root, scale) of a '<root>_<scale><ext>' thumbnail name, or None."""
+    match = _THUMB_STEM.match(os.path.splitext(name)[0])
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+class _Owners:
+    """The originals of one area, indexed to find a thumbnail's original quickly."""
+
+    def __init__(self, names):
+        self._by_root = {}
+        for name in names:
+            self._by_root.setdefault(os.path.splitext(name)[0], []).append(name)
+
+    def owner(self, thumb_name, root):
+        """Return the original `thumb_name` belongs to, or None (an orphan)."""
+        return next((name for name in self._by_root.get(root, ())
+                     if thumbnails.is_thumbnail_of(name, thumb_name)), None)
+
+
+def _entries(directory):
+    """Return the directory's entries sorted by name; none if it does not exist."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_temp(name):
+    return name.startswith(storage.TEMP_PREFIXES)
+
+
+def _unsafe(name):
+    """Return why the server could never serve `name`, or None."""
+    try:
+        storage.check_name(name, "name")
+        name.encode("utf-8")
+    except storage.UnsafeName as ex:
+        return str(ex)
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    return None
+
+
+def human_size(number):
+    """Return a byte count for people: '512 B', '1.5 MiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if number < 1024 or unit == "TiB":
+            return ("%d %s" % (number, unit)) if unit == "B" else ("%.1f %s" % (number, unit))
+        number /= 1024.0
+
+
+def _age(seconds):
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min" % (seconds // 60)
+    return "%.1f h" % (seconds / 3600.0)
+
+
+class Report:
+    """A walk's findings: counted as they come, written to `out` after the progress bar."""
+
+    def __init__(self, base_dir, out=None):
+        self.base_dir = base_dir
+        self.out = out
+        self.counts = {}
+        self._lines = []
+
+    def add(self, status, what, path, detail=""):
+        """Record one finding, e.g. ('removed', 'orphan thumbnail', path, '12 KiB')."""
+        self.counts[status] = self.counts.get(status, 0) + 1
+        shown = logutil.escape(os.path.relpath(path, self.base_dir))
+        self._lines.append("%-12s %-24s %s%s\n" % (status, what, shown,
+                                                   "  (%s)" % detail if detail else ""))
+
+    def count(self, *statuses):
+        """Return how many findings have any of `statuses`."""
+        return sum(self.counts.get(status, 0) for status in statuses)
+
+    def write(self, text=""):
+        """Write the findings so far, then `text`."""
+        out = self.out or sys.stdout
+        out.write("".join(self._lines) + text)
+        self._lines = []
+
+
+def _remove(report, path, what, dry_run, detail="", tree=False):
+    """Remove a file (or a tree) unless dry_run, and report it; False if removal failed."""
+    if dry_run:
+        report.add("would remove", what, path, detail)
+        return True
+    try:
+        if tree:
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # gone meanwhile (a request finished it): nothing left to repair
+    except OSError as ex:
+        report.add("FAILED", what, path, "cannot remove: %s" % (ex.strerror or ex))
+        return False
+    report.add("removed", what, path, detail)
+    return True
+
+
+# ---------------------------------------------------------------------------- thumbnails pregen
+
+def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, jobs=None,
+           out=None, quiet=False):
+    """Make the missing thumbnails of every original at `sizes` (snapped to the ladder).
+
+    Resumable: fresh thumbnails are skipped. At most `jobs` (by default, and at most, the
+    engine's THUMBNAIL_WORKERS) conversions run at once, on the server's engine. Returns
+    EXIT_ATTENTION if any conversion failed. Raises UnknownCollection, or BadScale for a size.
+    """
+    scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
+                                            settings.THUMBNAIL_SIZES) for size in sizes})
+    work = [(area, entry.name, scale) for area in areas(store, coll)
+            for entry in _entries(area.originals)
+            if _unsafe(entry.name) is None and entry.is_file() for scale in scales]
+    # More threads than the engine's converter slots would only wait for a slot.
+    jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
+    report = Report(store.base_dir, out)
+    report.write("pregen: %d thumbnails (sizes %s), %d at a time\n"
+                 % (len(work), ", ".join(map(str, scales)), jobs))
+    tally = {"made": 0, "present": 0, "not an image": 0, "failed": 0}
+    lock = threading.Lock()
+    bar = Progress("pregen", len(work), enabled=not quiet)
+
+    def one(item):
+        area, name, scale = item
+        source = os.path.join(area.originals, name)
+        target = os.path.join(area.thumbnails, thumbnails.thumbnail_name(name, scale))
+        outcome = _pregen_one(thumbnailer, source, target, scale, report, lock)
+        with lock:
+            tally[outcome] += 1
+        bar.update()
+
+    try:
+        _run_bounded(one, work, jobs)
+    finally:
+        bar.close()
+        report.write("made %(made)d, already there %(present)d, not an image %(not an image)d, "
+                     "failed %(failed)d\n" % tally)
+    return EXIT_ATTENTION if tally["failed"] else EXIT_OK
+
+
+def _pregen_one(thumbnailer, source, target, scale, report, lock):
+    try:
+        if os.stat(target).st_mtime_ns >= os.stat(source).st_mtime_ns:
+            return "present"
+    except OSError:
+        pass  # no thumbnail yet (or the original just went away: the engine says which)
+    try:
+        thumbnailer.thumbnail(source, target, scale)
+    except thumbnails.NotThumbnailable:
+        return "not an image"
+    except (thumbnails.ThumbnailError, OSError) as ex:
+        with lock:
+            if report.count("FAILED") < MAX_LISTED_FAILURES:
+                report.add("FAILED", "thumbnail at %d" % scale, source, str(ex))
+            else:
+                report.counts["FAILED"] += 1
+        return "failed"
+    return "made"
+
+
+def _run_bounded(function, items, jobs):
+    """Call function(item) for every item on `jobs` threads; Ctrl-C lets running calls end."""
+    pending = queue.Queue(maxsize=jobs * 2)
+    stop = threading.Event()
+
+    def work():
+        while True:
+            item = pending.get()
+            if item is None:
+                return
+            if not stop.is_set():
+                function(item)
+
+    threads = [threading.Thread(target=work, name="pregen-%d" % n, daemon=True)
+               for n in range(jobs)]
+    for thread in threads:
+        thread.start()
+    try:
+        for item in items:
+            pending.put(item)
+    except BaseException:
+        stop.set()  # KeyboardInterrupt: drop what is queued, finish what is running
+        raise
+    finally:
+        for _ in threads:
+            pending.put(None)
+        for thread in threads:
+            thread.join()
+
+
+# ---------------------------------------------------------------------------- thumbnails prune
+
+def _thumbnail_files(area):
+    """Return the area's thumbnails (regular files; temporary and hidden ones skipped)."""
+    return [entry for entry in _entries(area.thumbnails)
+            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
+
+
+def prune(store, settings, dry_run=False, out=None, quiet=False):
+    """Remove thumbnails whose original is gone, and off-ladder sizes when a ladder is set.
+
+    Returns EXIT_ATTENTION if a removal failed or, with dry_run, if any would be removed.
+    """
+    report = Report(store.base_dir, out)
+    # Thumbnails are listed before originals: a thumbnail made meanwhile then has its
+    # original in the list, so a live upload never loses its fresh thumbnail.
+    listings = [(_thumbnail_files(area), area) for area in areas(store)]
+    listings = [(thumbs, _Owners(entry.name for entry in _entries(area.originals)))
+                for thumbs, area in listings]
+    total = sum(len(thumbs) for thumbs, _ in listings)
+    sizes = frozenset(settings.THUMBNAIL_SIZES or ())
+    with Progress("prune", total, enabled=not quiet) as bar:
+        for thumbs, owners in listings:
+            for entry in thumbs:
+                _prune_one(entry, owners, sizes, report, dry_run)
+                bar.update()
+    report.write("prune: %d thumbnails checked, %s %d\n"
+                 % (total, "would remove" if dry_run else "removed",
+                    report.count("would remove" if dry_run else "removed")))
+    return EXIT_ATTENTION if report.count("FAILED", "would remove") else EXIT_OK
+
+
+def _prune_one(entry, owners, sizes, report, dry_run):
+    parsed = parse_thumbnail(entry.name)
+    if parsed is None:
+        return  # not a name the server makes: fsck reports it
+    if owners.owner(entry.name, parsed[0]) is None:
+        _remove(report, entry.path, "orphan thumbnail", dry_run)
+    elif sizes and parsed[1] not in sizes:
+        _remove(report, entry.path, "size not in ladder", dry_run,
+                "%d not in THUMBNAIL_SIZES" % parsed[1])
+
+
+# ---------------------------------------------------------------------------- fsck
+
+def _temp_age(entry, now):
+    """Return the seconds since a temporary file or directory (or anything in it) changed."""
+    newest = entry.stat(follow_symlinks=False).st_mtime
+    if entry.is_dir(follow_symlinks=False):
+        for inner in _entries(entry.path):
+            newest = max(newest, inner.stat(follow_symlinks=False).st_mtime)
+    return now - newest
+
+
+def _check_temp(entry, report, dry_run, grace, now):
+    try:
+        age = _temp_age(entry, now)
+    except FileNotFoundError:
+        return  # finished meanwhile
+    what = "leftover upload" if entry.name.startswith(storage.UPLOAD_PREFIX) else "leftover render"
+    if age < grace:
+        report.add("kept", what.replace("leftover", "recent"), entry.path,
+                   "%s old, may be in progress" % _age(age))
+        return
+    _remove(report, entry.path, what, dry_run, "%s old" % _age(age),
+            tree=entry.is_dir(follow_symlinks=False))
+
+
+def _check_original(entry, report):
+    reason = _unsafe(entry.name)
+    if reason is not None:
+        report.add("PROBLEM", "unsafe name", entry.path, reason + "; never served")
+        return
+    try:
+        if not entry.is_file():
+            report.add("PROBLEM", "not a regular file", entry.path)
+            return
+        with open(entry.path, "rb") as handle:
+            first = handle.read(1)
+    except OSError as ex:
+        report.add("PROBLEM", "unreadable original", entry.path, ex.strerror or str(ex))
+        return
+    if not first:
+        report.add("PROBLEM", "zero-byte original", entry.path, "upload it again")
+
+
+def _check_thumbnail(entry, owners, report, dry_run):
+    reason = _unsafe(entry.name)
+    parsed = parse_thumbnail(entry.name) if reason is None else None
+    try:
+        is_file = entry.is_file(follow_symlinks=False)
+        empty = is_file and entry.stat(follow_symlinks=False).st_size == 0
+    except FileNotFoundError:
+        return  # removed meanwhile (the original was deleted)
+    if reason is not None or parsed is None or not is_file:
+        report.add("PROBLEM", "not a thumbnail", entry.path,
+                   reason or ("unexpected name" if parsed is None else "not a regular file"))
+    elif owners.owner(entry.name, parsed[0]) is None:
+        _remove(report, entry.path, "orphan thumbnail", dry_run)
+    elif empty:
+        _remove(report, entry.path, "zero-byte thumbnail", dry_run, "made again on request")
+
+
+def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=None):
+    """Check the whole store; repair what is safe to repair, report the rest.
+
+    Removes temporary files older than `grace` seconds (interrupted uploads and renders),
+    orphan and zero-byte thumbnails. Reports zero-byte or unreadable originals and names the
+    server can never serve. Returns EXIT_ATTENTION if a problem is left (or, with dry_run,
+    anything would be repaired).
+    """
+    now = time.time() if now is None else now
+    report = Report(store.base_dir, out)
+    selected = areas(store)
+    # Uploads are staged in BASE_DIR itself while Specify 7's `coll` is still unknown.
+    base_temps = [entry for entry in _entries(store.base_dir) if _is_temp(entry.name)]
+    listings = [(area, _entries(area.originals), _entries(area.thumbnails)) for area in selected]
+    total = len(base_temps) + sum(len(orig) + len(thumb) for _, orig, thumb in listings)
+    with Progress("fsck", total, enabled=not quiet) as bar:
+        for entry in base_temps:
+            _check_temp(entry, report, dry_run, grace, now)
+            bar.update()
+        for area, originals, thumbs in listings:
+            _fsck_area(originals, thumbs, report, dry_run, grace, now, bar)
+    report.write("fsck: %d originals, %d thumbnails; %d repaired, %d to repair, %d problems\n"
+                 % (sum(len(orig) for _, orig, _ in listings),
+                    sum(len(thumbs) for _, _, thumbs in listings), report.count("removed"),
+                    report.count("would remove"), report.count("PROBLEM", "FAILED")))
+    return EXIT_ATTENTION if report.count("PROBLEM", "FAILED", "would remove") else EXIT_OK
+
+
+def _fsck_area(originals, thumbs, report, dry_run, grace, now, bar):
+    names = [entry.name for entry in originals]
+    owners = _Owners(names)
+    for entry in originals:
+        if _is_temp(entry.name):
+            _check_temp(entry, report, dry_run, grace, now)
+        else:
+            _check_original(entry, report)
+        bar.update()
+    for entry in thumbs:
+        if _is_temp(entry.name):
+            _check_temp(entry, report, dry_run, grace, now)
+        else:
+            _check_thumbnail(entry, owners, report, dry_run)
+        bar.update()
+
+
+# ---------------------------------------------------------------------------- stats
+
+def _tally(entries, bar):
+    """Return (count, bytes, temporary files, [(size, path)]) of a directory's files.
+
+    Hidden files other than our temporary ones are not counted: the server never serves them.
+    """
+    count = total = temps = 0
+    files = []
+    for entry in entries:
+        bar.update()
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if _is_temp(entry.name):
+            temps += 1
+        elif stat.S_ISREG(info.st_mode) and not entry.name.startswith("."):
+            count += 1
+            total += info.st_size
+            files.append((info.st_size, entry.path))
+    return count, total, temps, files
+
+
+def stats(store, top=10, as_json=False, out=None, quiet=False):
+    """Print originals and thumbnails per collection directory and the largest originals."""
+    out = out or sys.stdout
+    listings = [(area, _entries(area.originals), _entries(area.thumbnails))
+                for area in areas(store)]
+    rows, largest = [], []
+    with Progress("stats", sum(len(o) + len(t) for _, o, t in listings),
+                  enabled=not quiet) as bar:
+        for area, original_entries, thumb_entries in listings:
+            originals = _tally(original_entries, bar)
+            thumbs = _tally(thumb_entries, bar)
+            rows.append({"directory": area.label, "collections": list(area.colls),
+                         "originals": originals[0], "originals_bytes": originals[1],
+                         "thumbnails": thumbs[0], "thumbnails_bytes": thumbs[1],
+                         "temporary": originals[2] + thumbs[2]})
+            largest = heapq.nlargest(top, largest + originals[3])
+    largest = [{"bytes": size, "path": os.path.relpath(path, store.base_dir)}
+               for size, path in largest]
+    if as_json:
+        out.write(json.dumps({"base_dir": store.base_dir, "directories": rows,
+                              "largest_originals": largest}, indent=2) + "\n")
+    else:
+        out.write(_stats_table(store.base_dir, rows, largest))
+    return EXIT_OK
+
+
+def _stats_table(base_dir, rows, largest):
+    lines = ["Store %s" % logutil.escape(base_dir),
+             "%-24s %10s %12s %10s %12s %5s" % (
+                 "directory", "originals", "bytes", "thumbnails", "bytes", "temp")]
+    keys = ("originals", "originals_bytes", "thumbnails", "thumbnails_bytes", "temporary")
+    totals = {key: sum(row[key] for row in rows) for key in keys}
+    for row in rows + ([dict(totals, directory="(total)")] if len(rows) > 1 else []):
+        lines.append("%-24s %10d %12s %10d %12s %5d" % (
+            logutil.escape(row["directory"])[:24], row["originals"],
+            human_size(row["originals_bytes"]), row["thumbnails"],
+            human_size(row["thumbnails_bytes"]), row["temporary"]))
+    if largest:
+        lines.append("Largest originals:")
+        lines.extend("  %10s  %s" % (human_size(item["bytes"]), logutil.escape(item["path"]))
+                     for item in largest)
+    return "\n".join(lines) + "\n"
