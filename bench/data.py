@@ -1,0 +1,186 @@
+"""Benchmark data: generate the originals once with ImageMagick and Ghostscript, then reuse them."""
+
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+
+logger = logging.getLogger(__name__)
+
+DATA_VERSION = 1  # bump when the generated files change
+SMALL_BYTES = 64 * 1024
+MIB = 1024 * 1024
+SMALL_IMAGES = 200
+TILE = "600x400"  # the small images: tiles of the big photo, 100 per orientation
+
+# Names inside the data directory.
+SMALL = "small.bin"
+PHOTO = "photo.jpg"          # 6000x4000 JPEG with an EXIF block (getmetadata reads it)
+SCAN = "scan16.tif"          # 4000x3000 16-bit RGB TIFF, uncompressed like a scanner's
+PLATE = "plate.png"          # 4000x3000 8-bit RGB PNG
+DOC = "doc.pdf"              # 20-page PDF, Letter
+TILES = "tiles"              # directory of the 200 small JPEGs
+MANIFEST = "manifest.json"
+
+# 20 Letter pages of text and vector shapes; page numbers so the pages differ.
+_POSTSCRIPT = b"""%!PS-Adobe-3.0
+<< /PageSize [612 792] >> setpagedevice
+/Helvetica findfont 14 scalefont setfont
+1 1 20 {
+  /n exch def
+  0.9 0.95 1 setrgbcolor 36 36 540 720 rectfill
+  0 0 0.4 setrgbcolor
+  72 720 moveto (Specimen record, page ) show n 3 string cvs show
+  10 1 40 { /i exch def 72 700 i 14 mul sub moveto
+    (Catalog number KU-FISH-) show i n mul 6 string cvs show
+    (  Locality: Kansas River, Douglas County, coordinates 38.97 N 95.23 W) show } for
+  0.2 0.5 0.2 setrgbcolor 4 setlinewidth
+  306 200 n 5 mul 60 add 0 360 arc stroke
+  showpage
+} for
+"""
+
+
+def tool(name):
+    """Return the path of `name` on PATH, or None."""
+    return shutil.which(name)
+
+
+def _run(argv):
+    """Run a generator command; raise RuntimeError with its stderr when it fails."""
+    logger.debug("Running %s", subprocess.list2cmdline(argv))
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (subprocess.list2cmdline(argv),
+                                              result.stderr.decode("utf-8", "replace")[-2000:]))
+
+
+def _ifd(entries, offset):
+    """Return a little-endian TIFF IFD at `offset`: (tag, type, count, value bytes) entries."""
+    data_at = offset + 2 + 12 * len(entries) + 4
+    head, data = struct.pack("<H", len(entries)), b""
+    for tag, kind, count, value in sorted(entries):
+        if len(value) <= 4:
+            head += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0")
+        else:
+            head += struct.pack("<HHII", tag, kind, count, data_at + len(data))
+            data += value + b"\0" * (len(value) % 2)
+    return head + struct.pack("<I", 0) + data
+
+
+def exif_segment():
+    """Return a JPEG APP1 Exif segment with Make, Model, Orientation and DateTimeOriginal."""
+    ascii_ = 2
+
+    def text(tag, value):
+        raw = value.encode("ascii") + b"\0"
+        return (tag, ascii_, len(raw), raw)
+
+    exif_ifd = [text(0x9003, "2024:05:17 10:42:00"), text(0x9004, "2024:05:17 10:42:00")]
+
+    def ifd0(pointer):
+        return [text(0x010F, "BenchCam"), text(0x0110, "Model 6000"),
+                (0x0112, 3, 1, struct.pack("<H", 1)), (0x8769, 4, 1, struct.pack("<I", pointer))]
+
+    first = _ifd(ifd0(0), 8)
+    tiff = b"II*\0" + struct.pack("<I", 8) + _ifd(ifd0(8 + len(first)), 8)
+    tiff += _ifd(exif_ifd, len(tiff))
+    payload = b"Exif\0\0" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def add_exif(path):
+    """Insert an Exif APP1 segment after the JPEG's SOI (and JFIF APP0, if any)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    at = 2
+    if data[2:4] == b"\xff\xe0":
+        at = 4 + struct.unpack(">H", data[4:6])[0]
+    with open(path + ".tmp", "wb") as f:
+        f.write(data[:at] + exif_segment() + data[at:])
+    os.replace(path + ".tmp", path)
+
+
+def _random_file(path, size):
+    with open(path + ".tmp", "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(MIB, left))
+            f.write(block)
+            left -= len(block)
+    os.replace(path + ".tmp", path)
+
+
+def big_name(big_mib):
+    """Return the file name of the large original of `big_mib` MiB."""
+    return "big_%dmib.bin" % big_mib
+
+
+def _generate_images(data_dir, convert, gs):
+    base = os.path.join(data_dir, "base.png")
+    photo = os.path.join(data_dir, PHOTO)
+    # A plasma fractal scaled up with grain compresses and decodes like a camera photo (~8 MB).
+    _run([convert, "-size", "1500x1000", "-seed", "7", "plasma:fractal", base])
+    _run([convert, base, "-resize", "6000x4000!", "-attenuate", "0.3", "+noise", "Gaussian",
+          "-quality", "90", photo])
+    os.unlink(base)
+    add_exif(photo)
+    _run([convert, photo, "-crop", "4000x3000+0+0", "+repage", "-depth", "16",
+          "-compress", "none", os.path.join(data_dir, SCAN)])
+    _run([convert, photo, "-crop", "4000x3000+1000+500", "+repage", "-quality", "51",
+          os.path.join(data_dir, PLATE)])
+    tiles = os.path.join(data_dir, TILES)
+    os.makedirs(tiles, exist_ok=True)
+    _run([convert, photo, "-crop", TILE, "+repage", "-quality", "85",
+          os.path.join(tiles, "img_%03d.jpg")])
+    _run([convert, photo, "-flop", "-crop", TILE, "+repage", "-quality", "85", "-scene", "100",
+          os.path.join(tiles, "img_%03d.jpg")])
+    ps = os.path.join(data_dir, "doc.ps")
+    with open(ps, "wb") as f:
+        f.write(_POSTSCRIPT)
+    _run([gs, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=pdfwrite",
+          "-o", os.path.join(data_dir, DOC), ps])
+    os.unlink(ps)
+
+
+def tile_names(data_dir):
+    """Return the sorted names of the small images."""
+    return sorted(os.listdir(os.path.join(data_dir, TILES)))[:SMALL_IMAGES]
+
+
+def generate(data_dir, big_mib):
+    """Create (or reuse) every input in `data_dir`; return {what: absolute path}.
+
+    Raises RuntimeError when ImageMagick's convert or Ghostscript is missing or fails.
+    """
+    os.makedirs(data_dir, exist_ok=True)
+    convert, gs = tool("convert") or tool("magick"), tool("gs")
+    if not convert or not gs:
+        raise RuntimeError("the benchmark needs ImageMagick (convert) and Ghostscript (gs)")
+    manifest_path = os.path.join(data_dir, MANIFEST)
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("version") != DATA_VERSION or not all(
+            os.path.exists(os.path.join(data_dir, name))
+            for name in (SMALL, PHOTO, SCAN, PLATE, DOC, TILES)):
+        logger.info("Generating images and PDF in %s (once; reused by later runs)", data_dir)
+        _random_file(os.path.join(data_dir, SMALL), SMALL_BYTES)
+        _generate_images(data_dir, convert, gs)
+        manifest = {"version": DATA_VERSION}
+    big = os.path.join(data_dir, big_name(big_mib))
+    if not os.path.exists(big):
+        logger.info("Writing a %d MiB random original", big_mib)
+        _random_file(big, big_mib * MIB)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    if len(tile_names(data_dir)) < SMALL_IMAGES:
+        raise RuntimeError("expected %d small images in %s" % (SMALL_IMAGES, TILES))
+    paths = {name: os.path.join(data_dir, name) for name in (SMALL, PHOTO, SCAN, PLATE, DOC)}
+    paths["big"] = big
+    paths["tiles"] = os.path.join(data_dir, TILES)
+    return paths
