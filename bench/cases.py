@@ -14,7 +14,7 @@ import data
 import procs
 from procs import COLL, HOST, KEY
 
-from webassets import auth, thumbnails
+from webassets import auth, imageformats, thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -244,11 +244,11 @@ def _floor_argv(converter, gs, source, fmt, out_dir, hinted=True):
     """Return the argv the server would run for this thumbnail, to be run by hand."""
     limits = thumbnails.Thumbnailer(convert=converter, gs=gs).limits
     if fmt == "pdf":
-        dpi = thumbnails.pdf_resolution(thumbnails.read_pdf_page_size(source), SCALE)
+        dpi = thumbnails.pdf_resolution(imageformats.read_pdf_page_size(source), SCALE)
         return thumbnails.ghostscript_args(gs, source, os.path.join(out_dir, "floor.png"), dpi)
     out_fmt = "jpeg" if fmt == "jpeg" else "png"
     with open(source, "rb") as f:
-        size = thumbnails.read_dimensions(f, fmt) if hinted else None
+        size = imageformats.read_dimensions(f, fmt) if hinted else None
     target = os.path.join(out_dir, "floor." + out_fmt)
     return thumbnails.convert_args(converter, source, fmt, target, out_fmt, SCALE, limits, size)
 

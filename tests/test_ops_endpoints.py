@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from webassets import config, samples
-from webassets.metrics import MeteredThumbnailer, Metrics
+from webassets.metrics import Metrics
+from webassets.thumbnails import NullObserver, Thumbnailer
 
 from .helpers import COLL, KEY, U7, call, make_app, token, upload
 
@@ -42,8 +43,9 @@ class FakeTools:
 def metered_app(tmp_path, tools=None, **overrides):
     """Return an app whose thumbnail engine uses fake tools and reports to the app's metrics."""
     app = make_app(tmp_path, **overrides)
-    app.thumbnailer = MeteredThumbnailer(app.metrics, convert=sys.executable, gs=sys.executable,
-                                         run=tools or FakeTools(), max_workers=1, max_queue=1)
+    app.thumbnailer = Thumbnailer(convert=sys.executable, gs=sys.executable, observer=app.metrics,
+                                  run=tools or FakeTools(), max_workers=1, max_queue=1)
+    app.metrics.thumbnailer = app.thumbnailer
     return app
 
 
@@ -157,7 +159,7 @@ def test_metrics_never_need_the_key(tmp_path):
 
 def test_metrics_can_be_switched_off(tmp_path):
     app = make_app(tmp_path, METRICS=False)
-    assert app.metrics is None and type(app.thumbnailer) is not MeteredThumbnailer
+    assert app.metrics is None and isinstance(app.thumbnailer.observer, NullObserver)
     assert call(app, "GET", "/metrics").status == 404
     assert call(app, "GET", "/healthz").status == 200
     assert config.from_mapping({"METRICS": "off"}).METRICS is False
@@ -194,7 +196,7 @@ def test_metrics_in_flight_queued_and_rejections(tmp_path):
         assert tools.started.acquire(timeout=10)
         threads[1].start()
         for _ in range(200):
-            if app.thumbnailer._pending == 2:
+            if app.thumbnailer.pending == 2:
                 break
             threading.Event().wait(0.01)
         busy = thumbnail(app, "c.png")

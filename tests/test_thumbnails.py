@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-from webassets import thumbnails
+from webassets import imageformats, thumbnails
 from webassets.thumbnails import BadScale, Busy, NotThumbnailable, ThumbnailError, Thumbnailer
 
 CONVERT = shutil.which("magick") or shutil.which("convert")
@@ -193,7 +193,7 @@ def heif_head(major, *compatible):
     (b"BM not a bitmap header", None),
 ] + [(data, None) for data in HOSTILE.values()])
 def test_sniff_format(head, expected):
-    assert thumbnails.sniff_format(head) == expected
+    assert imageformats.sniff_format(head) == expected
 
 
 def gif_with_frame(screen, frame):
@@ -230,15 +230,15 @@ def tiff_header(width, height, order=">"):
     ("tiff", b"MM\0*\xff\xff\xff\xff", None),
 ])
 def test_read_dimensions(fmt, data, expected):
-    assert thumbnails.read_dimensions(io.BytesIO(data), fmt) == expected
+    assert imageformats.read_dimensions(io.BytesIO(data), fmt) == expected
 
 
 def test_read_pdf_page_size(tmp_path):
     path = tmp_path / "x.pdf"
     path.write_bytes(pdf_bytes([(300, 200), (100, 400)]))
-    assert thumbnails.read_pdf_page_size(str(path)) == (300, 200)
+    assert imageformats.read_pdf_page_size(str(path)) == (300, 200)
     path.write_bytes(b"%PDF-1.5\n(compressed object streams only)")
-    assert thumbnails.read_pdf_page_size(str(path)) == (612, 792)
+    assert imageformats.read_pdf_page_size(str(path)) == (612, 792)
 
 
 # ---------------------------------------------------------------------------- argv builders
@@ -414,7 +414,7 @@ def test_busy_when_the_queue_is_full(tmp_path, source):
     assert tools.started.wait(10)
     queued.start()
     deadline = time.monotonic() + 10
-    while thumbnailer._pending < 2 and time.monotonic() < deadline:
+    while thumbnailer.pending < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
     with pytest.raises(Busy) as caught:
         thumbnailer.thumbnail(source, thumbs(tmp_path, "a_3.png"), 3)
@@ -668,7 +668,7 @@ def test_names_imagemagick_would_interpret(real, tmp_path):
     target = tmp_path / "thumbnails" / thumbnails.thumbnail_name(name, 10)
     assert real.thumbnail(str(source), str(target), 10) == "image/png"
     with target.open("rb") as f:
-        assert thumbnails.read_dimensions(f, "png") == (10, 5)
+        assert imageformats.read_dimensions(f, "png") == (10, 5)
 
 
 @needs_convert

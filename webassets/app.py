@@ -208,10 +208,11 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
         store = storage.FileStore(settings.BASE_DIR, settings.ORIG_DIR, settings.THUMB_DIR,
                                   settings.COLLECTION_DIRS)
     if thumbnailer is None:
-        options = dict(
+        thumbnailer = thumbnails.Thumbnailer(
             convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
             max_workers=settings.THUMBNAIL_WORKERS, max_queue=settings.THUMBNAIL_QUEUE,
-            max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL)
-        thumbnailer = (thumbnails.Thumbnailer(**options) if registry is None
-                       else metrics.MeteredThumbnailer(registry, **options))
+            max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL,
+            observer=registry)
+    if registry is not None:
+        registry.thumbnailer = thumbnailer
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

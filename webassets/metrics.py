@@ -1,13 +1,12 @@
 """Prometheus metrics: thread-safe counters and histograms, rendered in the text format."""
 
 import bisect
-import os
 import threading
 import time
 
-from . import __version__, thumbnails
+from . import __version__
 
-__all__ = ["Metrics", "MeteredThumbnailer", "CONTENT_TYPE", "OTHER_ENDPOINT"]
+__all__ = ["Metrics", "CONTENT_TYPE", "OTHER_ENDPOINT"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER_ENDPOINT = "other"  # requests that matched no route: one label, whatever the path
@@ -40,7 +39,7 @@ class Metrics:
         self._conversions = {}  # (format, result) -> count
         self._conversion_seconds = {}  # format -> histogram
         self._in_flight = 0
-        self.thumbnailer = None  # set by MeteredThumbnailer, for the queue gauge
+        self.thumbnailer = None  # the engine reporting here (its `pending` is the queue gauge)
         self.started = clock()
 
     # -- updates (hot path: keep them small)
@@ -109,7 +108,7 @@ class Metrics:
             conversions = dict(self._conversions)
             seconds = {key: list(value) for key, value in self._conversion_seconds.items()}
         # NOTE: read without the Thumbnailer's lock; a scrape may be off by one, never wrong.
-        pending = getattr(self.thumbnailer, "_pending", 0)
+        pending = getattr(self.thumbnailer, "pending", 0)
         out = []
         _family(out, "webassets_build_info", "gauge", "Version of this server.",
                 [({"version": __version__}, 1)])
@@ -182,40 +181,3 @@ def _histograms(out, name, help_text, label, histograms, buckets):
             out.append("%s_bucket%s %d\n" % (name, _labels({label: key, "le": bound}), total))
         out.append("%s_sum%s %s\n" % (name, _labels({label: key}), _number(histogram[-1])))
         out.append("%s_count%s %d\n" % (name, _labels({label: key}), total))
-
-
-def _is_fresh(source_path, target_path):
-    try:
-        return os.stat(target_path).st_mtime_ns >= os.stat(source_path).st_mtime_ns
-    except OSError:
-        return False
-
-
-class MeteredThumbnailer(thumbnails.Thumbnailer):
-    """The thumbnail engine, reporting cache hits, conversions and rejections to Metrics."""
-
-    def __init__(self, metrics, **options):
-        super().__init__(**options)
-        self.metrics = metrics
-        metrics.thumbnailer = self
-
-    def thumbnail(self, source_path, target_path, scale):
-        """Like Thumbnailer.thumbnail(), counted as a cache hit or miss (same errors)."""
-        # NOTE: two extra stat() calls, on inodes the engine is about to stat anyway.
-        self.metrics.observe_thumbnail(_is_fresh(source_path, target_path))
-        try:
-            return super().thumbnail(source_path, target_path, scale)
-        except thumbnails.Busy:
-            self.metrics.observe_rejection()
-            raise
-
-    def _render(self, job):
-        # NOTE: hooks the engine's one render step, which runs holding a converter slot.
-        self.metrics.conversion_started()
-        started = time.perf_counter()
-        ok = False
-        try:
-            super()._render(job)
-            ok = True
-        finally:
-            self.metrics.conversion_finished(job.fmt, time.perf_counter() - started, ok)
