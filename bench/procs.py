@@ -156,18 +156,19 @@ class Server:
         return self.popen.pid
 
     def rss_kib(self):
-        """Return the current resident set size in KiB (0 if unknown)."""
-        return proc_status(self.pid).get("VmRSS", 0)
+        """Return the resident set size in KiB of the process and its children (0 if unknown)."""
+        return sum(proc_status(pid).get("VmRSS", 0) for pid in _family(self.pid))
 
     def peak_kib(self):
-        """Return the peak resident set size (VmHWM) in KiB (0 if unknown)."""
-        return proc_status(self.pid).get("VmHWM", 0)
+        """Return the summed peak resident set sizes (VmHWM) in KiB of the process family."""
+        return sum(proc_status(pid).get("VmHWM", 0) for pid in _family(self.pid))
 
     def reset_peak(self):
         """Reset VmHWM to the current RSS (Linux clear_refs 5); return False if not allowed."""
         try:
-            with open("/proc/%d/clear_refs" % self.pid, "w") as f:
-                f.write("5")
+            for pid in _family(self.pid):
+                with open("/proc/%d/clear_refs" % pid, "w") as f:
+                    f.write("5")
             return True
         except OSError:
             return False

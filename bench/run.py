@@ -37,8 +37,8 @@ NOTES = [
     "for it; read errors from those closes are not counted as errors.",
     "Large GETs and uploads: one request at a time on a fresh connection, timed from the first "
     "byte sent to the last byte received; the figure is the median of the repetitions. "
-    "RSS is VmRSS/VmHWM from /proc/<pid>/status of the server process, with the peak reset "
-    "(clear_refs 5) before each measurement; conversions run in child processes, not counted.",
+    "RSS is VmRSS/VmHWM from /proc/<pid>/status summed over the server's processes (the "
+    "supervisor and its workers), with the peaks reset (clear_refs 5) before each measurement.",
     "The upload floor (`bench/sink.py`) reads the body with recv_into into a 1 MiB buffer, "
     "writes it to a file on the same disk and fsyncs it before answering, as webassets does.",
     "Thumbnail floors run the exact argv the server would (webassets.thumbnails.convert_args / "

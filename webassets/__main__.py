@@ -4,7 +4,9 @@ import argparse
 import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 
 from . import __version__, config, logutil
@@ -63,7 +65,7 @@ def _existing_store(settings):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_serve(args):
-    """Run the built-in threaded server until SIGTERM/SIGINT."""
+    """Run the built-in server (PROCESSES x WORKERS threads) until SIGTERM/SIGINT."""
     from .app import create_app
     from .handlers import public_base
     from .server import serve
@@ -71,8 +73,13 @@ def cmd_serve(args):
     settings = _load(args)
     logutil.set_format(args.log, settings.ACCESS_LOG_FORMAT)
     prepare_store(settings)
+    processes = settings.processes
+    if settings.THUMBNAIL_WORKERS is None:
+        # The conversion slots of all processes together: about one per CPU.
+        cpus = os.cpu_count() or 1
+        settings = settings._replace(THUMBNAIL_WORKERS=-(-cpus // processes))
     app = create_app(settings)
-    formats = app.thumbnailer.formats()
+    formats = app.thumbnailer.formats()  # probed once here, before the workers fork
     missing = sorted(name for name, ok in formats.items() if not ok)
     logger.info("Thumbnail formats: %s", ", ".join(sorted(n for n, ok in formats.items() if ok)))
     if missing:
@@ -81,18 +88,31 @@ def cmd_serve(args):
         logger.warning("KEY is None: anyone who can reach this server can store and delete files")
 
     def ready(server):
-        logger.info("webassets %s listening on %s:%d, store %s", __version__,
-                    settings.BIND_ADDRESS, server.server_port, settings.BASE_DIR)
+        logger.info("webassets %s listening on %s:%d (%d process(es) x %d threads), store %s",
+                    __version__, settings.BIND_ADDRESS, server.server_port, processes,
+                    settings.WORKERS, settings.BASE_DIR)
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
                     public_base(settings))
 
+    metrics_dir = None
+    if processes > 1 and app.metrics is not None:
+        metrics_dir = tempfile.mkdtemp(prefix="webassets-metrics-")
+
+    def on_fork():
+        if metrics_dir is not None:
+            app.metrics.share(metrics_dir)
+
     try:
         serve(app, settings.BIND_ADDRESS, settings.PORT, workers=settings.WORKERS,
-              timeout=settings.REQUEST_TIMEOUT, ready=ready)
+              timeout=settings.REQUEST_TIMEOUT, ready=ready, processes=processes,
+              on_fork=on_fork)
     except OSError as ex:
         logger.error("Cannot listen on %s:%d: %s", settings.BIND_ADDRESS, settings.PORT,
                      ex.strerror or ex)
         return EXIT_FAULT
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 import errno
 import logging
+import os
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -63,6 +64,7 @@ _HTTP_ERRORS = (
 )
 DOMAIN_ERRORS = tuple(domain for domain, _ in _HTTP_ERRORS)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+LOCK_DIR = ".locks"  # under BASE_DIR: the thumbnail engine's lock files
 
 
 def as_http_error(ex):
@@ -212,7 +214,10 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
             convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
             max_workers=settings.THUMBNAIL_WORKERS, max_queue=settings.THUMBNAIL_QUEUE,
             max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL,
-            observer=registry)
+            observer=registry,
+            # Every process and host on this store (serve's workers, mod_wsgi daemons,
+            # pregen) renders one thumbnail at most once at a time.
+            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR))
     if registry is not None:
         registry.thumbnailer = thumbnailer
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

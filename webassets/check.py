@@ -84,8 +84,8 @@ def _settings_section(screen, settings):
     screen.section("Settings")
     screen.item("ok", "valid")
     screen.item("info", "Specify attachment.url = %s/web_asset_store.xml" % public_base(settings))
-    screen.item("info", "listening on %s:%d with %d workers"
-                % (settings.BIND_ADDRESS, settings.PORT, settings.WORKERS))
+    screen.item("info", "listening on %s:%d with %d process(es) x %d threads"
+                % (settings.BIND_ADDRESS, settings.PORT, settings.processes, settings.WORKERS))
     sizes = settings.THUMBNAIL_SIZES
     screen.item("info", "thumbnail sizes: %s" % (", ".join(map(str, sizes)) if sizes else
                                                  "any up to MAX_SCALE = %d" % settings.MAX_SCALE))
@@ -180,6 +180,9 @@ def _probe_section(screen, settings, thumbnailer):
     engine_logger.addHandler(capture)
     propagate, engine_logger.propagate = engine_logger.propagate, False
     workdir = tempfile.mkdtemp(prefix="webassets-check-")
+    # The samples render into a private directory nobody else uses: no store locks needed,
+    # so check leaves the store exactly as it found it.
+    lock_dir, thumbnailer.lock_dir = thumbnailer.lock_dir, None
     try:
         for fmt in samples.SAMPLES:
             mimetype = thumbnails.INPUTS[fmt][1]
@@ -191,6 +194,7 @@ def _probe_section(screen, settings, thumbnailer):
             status, detail = _probe(thumbnailer, fmt, workdir, capture)
             screen.item(status, "%-5s %s" % (fmt.upper(), detail))
     finally:
+        thumbnailer.lock_dir = lock_dir
         engine_logger.removeHandler(capture)
         engine_logger.propagate = propagate
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,7 +11,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 64 * 1024
+# 1 MiB reads: per-read Python overhead dominated uploads at 64 KiB (0.45x vs 0.65x of
+# a bare socket reader in bench/); memory stays a few MiB per upload.
+CHUNK_SIZE = 1024 * 1024
 # SECURITY: bounds on what a client can make us buffer or loop over.
 MAX_HEADER_BYTES = 16 * 1024  # header block of one part
 MAX_HEADERS = 100             # headers in one part

@@ -1,4 +1,4 @@
-"""Built-in HTTP/1.1 server: a fixed pool of worker threads running a WSGI app."""
+"""Built-in HTTP/1.1 server: worker processes, each a fixed pool of threads running a WSGI app."""
 
 import contextlib
 import io
@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import re
+import select
 import selectors
 import signal
 import socket
@@ -34,6 +35,10 @@ LINGER_SECONDS = 2.0           # how long a closing connection swallows a body s
 SHUTDOWN_TIMEOUT = 30.0        # how long shutdown() waits for in-flight requests
 ACCEPT_BACKOFF = 0.1           # pause after accept() fails, e.g. out of file descriptors
 MAX_LINE = 65536               # longest request line, as in http.server
+KEEPALIVE_WAIT = 0.002         # how long a thread waits for a kept-alive client's next request
+RESTART_BACKOFF = 0.5          # first pause before restarting a worker process that keeps dying
+RESTART_BACKOFF_MAX = 30.0     # longest such pause
+STABLE_SECONDS = 10.0          # a worker process that lived this long is restarted at once
 
 # A client that hangs up or stalls: nobody is left to read an error page.
 CLIENT_ERRORS = (BrokenPipeError, ConnectionAbortedError, ConnectionResetError, socket.timeout)
@@ -538,7 +543,7 @@ class WSGIServer(wsgiref.simple_server.WSGIServer):
     shutdown_timeout = SHUTDOWN_TIMEOUT
 
     def __init__(self, server_address, app, workers: int = 16, timeout: float = 60.0,
-                 backlog: int = 128, handler_class=RequestHandler):
+                 backlog: int = 128, handler_class=RequestHandler, listener=None):
         if workers < 1 or backlog < 1 or not timeout > 0:
             raise ValueError("workers, backlog and timeout must be positive (got %r, %r, %r)"
                              % (workers, backlog, timeout))
@@ -558,7 +563,16 @@ class WSGIServer(wsgiref.simple_server.WSGIServer):
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
-        super().__init__(server_address, handler_class)
+        if listener is None:
+            super().__init__(server_address, handler_class)
+        else:
+            # A worker process serving the socket its supervisor bound and listens on.
+            super().__init__(server_address, handler_class, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listener
+            self.server_address = listener.getsockname()
+            self._describe_address()
+            self.socket.setblocking(False)
         self.set_app(app)
 
     @property
@@ -568,6 +582,9 @@ class WSGIServer(wsgiref.simple_server.WSGIServer):
 
     def server_bind(self):
         socketserver.TCPServer.server_bind(self)
+        self._describe_address()
+
+    def _describe_address(self):
         host, port = self.server_address[:2]
         # NOTE: HTTPServer calls socket.getfqdn(), a DNS lookup that can stall startup.
         self.server_name = host if host not in ("", "0.0.0.0", "::") else socket.gethostname()
@@ -704,12 +721,29 @@ class WSGIServer(wsgiref.simple_server.WSGIServer):
             if connection is None:
                 return
             try:
-                if connection.handle() and self._park(connection):
-                    continue
-                connection.close()
+                self._serve_connection(connection)
             except Exception:
                 self.handle_error(connection.request, connection.client_address)
                 self.shutdown_request(connection.request)
+
+    def _serve_connection(self, connection):
+        """Serve a connection's requests; park it once it goes quiet, close it when done."""
+        while connection.handle():
+            if not self._next_request_soon(connection):
+                if not self._park(connection):
+                    connection.close()
+                return
+        connection.close()
+
+    def _next_request_soon(self, connection):
+        """Return True if the client's next request arrives at once and no one else waits.
+
+        Parking costs a wake-up and a selector round trip in serve_forever(); a client that
+        sends its next request right away (keep-alive) is cheaper served by this thread.
+        """
+        if self._stopping or not self._ready.empty():
+            return False
+        return _readable(connection.connection, KEEPALIVE_WAIT)
 
     def _park(self, connection):
         """Hand a kept-alive connection back to serve_forever(); False if it has stopped."""
@@ -754,27 +788,244 @@ def make_server(app: Callable, host: str, port: int, workers: int = 16, timeout:
 
 
 def serve(app: Callable, host: str, port: int, workers: int = 16, timeout: float = 60.0,
-          backlog: int = 128, ready: Optional[Callable[[WSGIServer], None]] = None) -> None:
+          backlog: int = 128, ready: Optional[Callable[[WSGIServer], None]] = None,
+          processes: int = 1, on_fork: Optional[Callable[[], None]] = None) -> None:
     """Serve `app` until SIGTERM or SIGINT, then let in-flight requests finish and return.
 
+    With `processes` > 1 this process binds the socket, forks that many worker processes
+    (each `workers` threads) and supervises them: a worker that dies is restarted, and a
+    signal is passed on to the workers as SIGTERM. `on_fork()` runs first in every worker.
     `ready(server)` is called once the server listens. Signal handlers are installed only in
     the main thread; a second signal gets the previous handler (a second Ctrl-C aborts).
-    Raises OSError if the address cannot be bound.
+    Raises OSError if the address cannot be bound, ValueError for a non-positive count.
     """
+    if processes < 1:
+        raise ValueError("processes must be positive (got %r)" % (processes,))
     server = make_server(app, host, port, workers=workers, timeout=timeout, backlog=backlog)
     try:
-        with _stop_on_signals(server):
-            if ready is not None:
-                ready(server)
-            server.serve_forever()
-            server.shutdown()  # waits for the drain the signal started
+        if processes == 1:
+            _serve_here(server, (signal.SIGTERM, signal.SIGINT), ready)
+        else:
+            _Supervisor(server, processes, on_fork).run(ready)
     finally:
         server.server_close()
 
 
+def _serve_here(server, signals, ready=None):
+    """Run `server` in this process until one of `signals` has drained it."""
+    with _stop_on_signals(server, signals):
+        if ready is not None:
+            ready(server)
+        server.serve_forever()
+        server.shutdown()  # waits for the drain the signal started
+
+
+def _readable(sock, timeout):
+    """Return True if `sock` has data (or EOF) within `timeout` seconds."""
+    try:
+        if hasattr(select, "poll"):  # NOTE: select() fails on descriptors above 1023
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(timeout * 1000.0))
+        return bool(select.select([sock], [], [], timeout)[0])
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+
+
+class _Supervisor:
+    """The parent of the worker processes: forks them, restarts them, stops them.
+
+    The workers share the listening socket of `server` (bound here, before the fork), and
+    the kernel hands each new connection to one of them. The GIL lets one process use about
+    one CPU; several processes are how one server uses them all.
+    """
+
+    def __init__(self, server, processes, on_fork):
+        self.server = server
+        self.processes = processes
+        self.on_fork = on_fork
+        self.children = {}  # pid -> (slot, monotonic start time)
+        self.failures = [0] * processes  # per slot: quick deaths in a row
+        self.due = {}  # slot -> monotonic time its replacement is started
+        self.stop_signal = None
+        self._wake_fds = None
+
+    def run(self, ready=None):
+        """Supervise until SIGTERM or SIGINT, then stop the workers gracefully.
+
+        `ready(server)` is called once the signal handlers are in place.
+        """
+        previous, previous_wakeup = {}, -1
+        self._wake_fds = os.pipe()
+        for fd in self._wake_fds:
+            os.set_blocking(fd, False)
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            # The handlers only note the signal; set_wakeup_fd makes select() return for it.
+            previous_wakeup = signal.set_wakeup_fd(self._wake_fds[1])
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            if ready is not None:
+                ready(self.server)
+            for slot in range(self.processes):
+                self._spawn(slot)
+            while self.stop_signal is None:
+                self._reap()
+                self._respawn_due()
+                self._sleep(1.0)
+            logger.info("Received signal %d; stopping %d worker process(es) after their "
+                        "in-flight requests (at most %.0f s)", self.stop_signal,
+                        len(self.children), self.server.shutdown_timeout)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signum in previous:  # a second signal: the previous behaviour (abort)
+                    signal.signal(signum, previous.pop(signum))
+            self._stop()
+        except BaseException:
+            self._kill_all()
+            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if main:
+                signal.set_wakeup_fd(previous_wakeup)
+            for fd in self._wake_fds:
+                os.close(fd)
+
+    def _on_signal(self, signum, frame):
+        if signum != signal.SIGCHLD:
+            self.stop_signal = signum
+
+    def _sleep(self, longest):
+        """Wait until a signal arrives, a restart is due, or `longest` seconds have passed."""
+        now = time.monotonic()
+        timeout = min([when - now for when in self.due.values()] + [longest])
+        try:
+            select.select([self._wake_fds[0]], [], [], max(0.0, timeout))
+            os.read(self._wake_fds[0], 4096)
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _spawn(self, slot):
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker()  # never returns
+        self.children[pid] = (slot, time.monotonic())
+        self.due.pop(slot, None)
+        logger.debug("Started worker process %d (slot %d)", pid, slot)
+
+    def _become_worker(self):
+        """Run in the forked child: serve the inherited socket, then exit (never returns)."""
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for fd in self._wake_fds:
+                os.close(fd)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # Ctrl-C reaches the whole process group: the supervisor turns it into SIGTERM.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            parent = self.server
+            server = WSGIServer(parent.server_address, parent.get_app(), workers=parent.workers,
+                                timeout=parent.connection_timeout,
+                                backlog=parent.request_queue_size,
+                                handler_class=parent.RequestHandlerClass, listener=parent.socket)
+            if self.on_fork is not None:
+                self.on_fork()
+            threading.Thread(target=_stop_when_orphaned, args=(server, os.getppid()),
+                             name="webassets-orphan-watch", daemon=True).start()
+            try:
+                _serve_here(server, (signal.SIGTERM,))
+            finally:
+                server.server_close()
+            status = 0
+        except BaseException:  # nothing may unwind into the parent's stack in this process
+            logger.exception("Worker process %d failed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def _exited(self):
+        """Forget the workers that have exited; return [(pid, slot, start time, status)]."""
+        exited = []
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                done, status = pid, 0
+            if done:
+                exited.append((pid,) + self.children.pop(pid) + (status,))
+        return exited
+
+    def _reap(self):
+        """Schedule a replacement for each worker that died: at once, or after a backoff."""
+        for pid, slot, started, status in self._exited():
+            lived = time.monotonic() - started
+            self.failures[slot] = self.failures[slot] + 1 if lived < STABLE_SECONDS else 0
+            delay = (0.0 if not self.failures[slot] else
+                     min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self.failures[slot] - 1)))
+            self.due[slot] = time.monotonic() + delay
+            logger.warning("Worker process %d %s; restarting it in %.1f s",
+                           pid, _describe_exit(status), delay)
+
+    def _respawn_due(self):
+        now = time.monotonic()
+        for slot, when in sorted(self.due.items()):
+            if when <= now:
+                self._spawn(slot)
+
+    def _stop(self):
+        """SIGTERM every worker and wait for their drain; SIGKILL what outlives it."""
+        self.due.clear()
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.server.shutdown_timeout + 5.0
+        while self.children and time.monotonic() < deadline:
+            for pid, _, _, status in self._exited():
+                if status:
+                    logger.warning("Worker process %d %s", pid, _describe_exit(status))
+            if self.children:
+                self._sleep(0.05)
+        if self.children:
+            logger.warning("Killing %d worker process(es) that did not stop in time",
+                           len(self.children))
+            self._kill_all()
+
+    def _signal_all(self, signum):
+        for pid in self.children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _kill_all(self):
+        self._signal_all(signal.SIGKILL)
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.children.clear()
+
+
+def _stop_when_orphaned(server, parent_pid, interval=1.0):
+    """Shut `server` down if its supervisor dies (SIGKILL leaves it no time to stop us)."""
+    while not server.stopping:
+        time.sleep(interval)
+        if os.getppid() != parent_pid:
+            logger.warning("Supervisor %d is gone; worker process %d stops", parent_pid,
+                           os.getpid())
+            server.shutdown()
+            return
+
+
+def _describe_exit(status):
+    if os.WIFSIGNALED(status):
+        return "was killed by signal %d" % os.WTERMSIG(status)
+    return "exited with status %d" % os.WEXITSTATUS(status)
+
+
 @contextlib.contextmanager
-def _stop_on_signals(server):
-    """Make SIGTERM and SIGINT start a graceful shutdown of `server` (main thread only)."""
+def _stop_on_signals(server, signals):
+    """Make `signals` start a graceful shutdown of `server` (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -786,7 +1037,7 @@ def _stop_on_signals(server):
         threading.Thread(target=_shutdown_after_signal, args=(server, signum),
                          name="webassets-shutdown", daemon=True).start()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         previous[signum] = signal.signal(signum, on_signal)
     try:
         yield

@@ -1,6 +1,7 @@
 """Thumbnail engine: detect, render and cache thumbnails with ImageMagick and Ghostscript."""
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -11,7 +12,13 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: single flight holds within one process only
+    fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
 
@@ -54,6 +61,7 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_RESOURCE_LIMITS = (("memory", "512MiB"), ("map", "1GiB"), ("disk", "4GiB"),
                            ("area", "128MP"), ("width", "64KP"), ("height", "64KP"))
 PROBE_TIMEOUT = 20
+LOCK_STRIPES = 64  # lock files in lock_dir; targets share them by a hash of their path
 STDERR_LOG_CHARS = 2000
 
 # SECURITY: ImageMagick expands these in file names ('%d' scene numbers, globs, '[...]'
@@ -258,6 +266,11 @@ class Thumbnailer:
 
     `run(argv, timeout)` returns a CompletedProcess-like object (returncode, stdout, stderr)
     and raises subprocess.TimeoutExpired or OSError; it is injectable for tests.
+
+    Within a process, requests for one target share one flight. With `lock_dir` (the same
+    directory in every process on the store, e.g. the built-in server's workers), processes
+    agree too: a flight's leader takes an flock(2) on one of LOCK_STRIPES files in `lock_dir`
+    before it renders, and skips the render if another process made the thumbnail meanwhile.
     """
 
     def __init__(self, convert: Optional[str] = None, gs: Optional[str] = None,
@@ -266,7 +279,8 @@ class Thumbnailer:
                  failure_ttl: float = 60, can_thumbnail: Optional[Iterable[str]] = None,
                  run: Callable = run_command,
                  limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
-                 clock: Callable[[], float] = time.monotonic, observer=None):
+                 clock: Callable[[], float] = time.monotonic, observer=None,
+                 lock_dir: Optional[str] = None):
         self.convert = convert or _find_program(("magick", "convert"))
         self.gs = gs or _find_program(("gs",))
         self.timeout = timeout
@@ -279,6 +293,7 @@ class Thumbnailer:
         self._run = run
         self._clock = clock
         self.observer = observer or NullObserver()
+        self.lock_dir = lock_dir
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
         self._slots = threading.Semaphore(self.max_workers)
@@ -366,17 +381,11 @@ class Thumbnailer:
 
     def _lead(self, flight: _Flight, job: _Job) -> None:
         try:
-            with self._slots:
-                started = self._clock()
-                self.observer.conversion_started()
-                ok = False
-                try:
-                    self._render(job)
-                    ok = True
-                finally:
-                    elapsed = self._clock() - started
-                    self.observer.conversion_finished(job.fmt, elapsed, ok)
-                self._average_seconds = 0.8 * self._average_seconds + 0.2 * elapsed
+            # The lock comes before the slot: waiting for another process holds no slot.
+            with self._process_lock(job.target):
+                if not _is_fresh(job.target, job.mtime_ns):  # else another process made it
+                    with self._slots:
+                        self._convert(job)
         except BaseException as ex:
             flight.error = ex
             if isinstance(ex, ThumbnailError):
@@ -387,6 +396,36 @@ class Thumbnailer:
                 del self._flights[job.target]
                 self._pending -= 1
             flight.done.set()
+
+    def _convert(self, job: _Job) -> None:
+        started = self._clock()
+        self.observer.conversion_started()
+        ok = False
+        try:
+            self._render(job)
+            ok = True
+        finally:
+            elapsed = self._clock() - started
+            self.observer.conversion_finished(job.fmt, elapsed, ok)
+        self._average_seconds = 0.8 * self._average_seconds + 0.2 * elapsed
+
+    @contextlib.contextmanager
+    def _process_lock(self, target: str):
+        """Hold `target`'s striped lock file in lock_dir (no-op without one); raise OSError."""
+        if self.lock_dir is None or fcntl is None:
+            yield
+            return
+        # NOTE: crc32, not hash(): every process must pick the same stripe for a target.
+        stripe = zlib.crc32(target.encode("utf-8", "surrogateescape")) % LOCK_STRIPES
+        os.makedirs(self.lock_dir, exist_ok=True)
+        fd = os.open(os.path.join(self.lock_dir, "%02d" % stripe), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # Each call opens its own descriptor, so threads of one process exclude each
+            # other too; the lock goes with the descriptor, even if the process dies.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _remember_failure(self, job: _Job, ex: ThumbnailError) -> None:
         now = self._clock()
