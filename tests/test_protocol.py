@@ -23,7 +23,7 @@ from tests.helpers import (
     COLL, KEY, SP6_BOUNDARY, SP7_BOUNDARY, U6, U7, call, make_settings, multipart_body,
     sp6_upload, sp7_upload, token,
 )
-from webassets import auth, config, multipart, storage
+from webassets import auth, config, multipart, samples, storage
 from webassets.app import create_app
 
 # --------------------------------------------------------------------------- configurations
@@ -323,24 +323,6 @@ def _run_convert(args, data=None):
                           stderr=subprocess.PIPE, check=True).stdout
 
 
-def tiny_pdf():
-    """Return a valid one-page 400x300 pt PDF (ImageMagick's policy forbids writing PDF)."""
-    content = b"1 0 0 rg 0 0 400 300 re f"
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
-               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 400 300] /Contents 4 0 R >>",
-               b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content)]
-    out, offsets = b"%PDF-1.4\n", []
-    for number, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-
-
 def exif_segment(make="Canon", date=DATE):
     """Return a JPEG APP1 segment with IFD0 Make and EXIF DateTimeOriginal (big-endian TIFF)."""
     make_bytes, date_bytes = make.encode() + b"\0", date.encode() + b"\0"
@@ -373,7 +355,7 @@ def images():
         ".tif": _run_convert(["-size", "400x300", "xc:blue", "tiff:-"]),
         ".heic": heic,
         ".heif": heic,
-        ".pdf": tiny_pdf(),
+        ".pdf": samples.pdf(),  # ImageMagick's policy here forbids writing PDF
     }
 
 
