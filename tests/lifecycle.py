@@ -101,12 +101,17 @@ class HTTPClient:
 
 
 class WSGIClient:
-    """The same interface over an in-process app (tests.helpers.call), mounted at script_name."""
+    """The same interface over an in-process app, mounted at script_name.
 
-    def __init__(self, app, script_name="", base_url="http://localhost:8080"):
+    `call` makes each request: tests.helpers.call, or a wrapper with its signature
+    (tests/test_protocol.py passes its `req`, which checks every response).
+    """
+
+    def __init__(self, app, script_name="", base_url="http://localhost:8080", call=call):
         self.app = app
         self.script_name = script_name.rstrip("/")
         self.base_url = base_url
+        self.call = call
 
     def request(self, method, path, query=None, body=b"", headers=None, sink=None):
         """Call the app with `path` (which includes the mount); return a Result."""
@@ -114,8 +119,9 @@ class WSGIClient:
             return Result(404, [], b"outside the mount")
         if not isinstance(body, bytes):
             body = b"".join(body)
-        result = call(self.app, method, path[len(self.script_name):], query=_query_string(query),
-                      body=body, headers=headers, script_name=self.script_name)
+        result = self.call(self.app, method, path[len(self.script_name):],
+                           query=_query_string(query), body=body, headers=headers,
+                           script_name=self.script_name)
         if sink is not None:
             sink(result.body)
             result.body = b""
@@ -149,44 +155,71 @@ def path_of(url):
     return urlsplit(url).path
 
 
-class Sp7Backend:
-    """Specify 7's attachment_gw: clock delta from the XML and delete responses only."""
+class _SpecifyClient:
+    """What both clients share: the advertised URLs and a clock resynced from X-Timestamp.
 
-    def __init__(self, client, key=KEY, xml_path="/web_asset_store.xml", public_base=None):
+    The client's clock is clock() + offset (offset: its error against the server).
+    """
+
+    SYSTEM_OFFSET = 0
+    NO_TIMESTAMP = None  # how the client dies when it never saw an X-Timestamp
+
+    def __init__(self, client, key=KEY, xml_path="/web_asset_store.xml", public_base=None,
+                 offset=0, clock=time.time):
         self.client = client
         self.key = key
         self.xml_path = xml_path
         self.public_base = public_base or default_public_base(client, xml_path)
+        self.offset = offset
+        self.clock = clock
         self.server_time_delta = None
-        self.server_urls = None
+        self.urls = None
+
+    def now(self):
+        """Return the client's own clock in whole seconds."""
+        return int(self.clock() + self.offset) + self.SYSTEM_OFFSET
 
     def update_time_delta(self, result):
         timestamp = result.header("X-Timestamp")
         if timestamp is not None:
-            self.server_time_delta = int(timestamp) - int(time.time())
+            self.server_time_delta = int(timestamp) - self.now()
 
-    def generate_token(self, filename):
+    def generate_token(self, name):
         if self.server_time_delta is None:
-            raise AssertionError("no X-Timestamp seen: Specify 7's init() dies with TypeError")
-        return _hmac_token(self.key, int(time.time()) + self.server_time_delta, filename)
+            raise AssertionError(self.NO_TIMESTAMP)
+        return _hmac_token(self.key, self.now() + self.server_time_delta, name)
+
+    def discover(self):
+        """Fetch and check the XML, resync the clock; return the XML's Result."""
+        result, self.urls = fetch_urls(self.client, self.xml_path, self.public_base)
+        self.update_time_delta(result)
+        return result
+
+
+class Sp7Backend(_SpecifyClient):
+    """Specify 7's attachment_gw: clock delta from the XML and delete responses only."""
+
+    NO_TIMESTAMP = "no X-Timestamp seen: Specify 7's init() dies with TypeError"
+
+    def test_key(self):
+        """GET testkey with a fresh UUID and its token; return the Result."""
+        random_value = str(uuid.uuid4())
+        return self.get("testkey", [("random", random_value),
+                                    ("token", self.generate_token(random_value))])
 
     def init(self):
         """Fetch the XML, resync the clock, test the key (views.py init())."""
-        result, self.server_urls = fetch_urls(self.client, self.xml_path, self.public_base)
-        self.update_time_delta(result)
-        random_value = str(uuid.uuid4())
-        expect(self.get("testkey", [("random", random_value),
-                                    ("token", self.generate_token(random_value))]),
-               200, "Sp7 testkey")
+        self.discover()
+        expect(self.test_key(), 200, "Sp7 testkey")
 
     def get(self, kind, query, sink=None):
-        return self.client.request("GET", path_of(self.server_urls[kind]), query, sink=sink)
+        return self.client.request("GET", path_of(self.urls[kind]), query, sink=sink)
 
     def upload(self, store, content, coll=COLL, file_name="photo.jpg", mime="image/jpeg"):
         """Upload as the browser does, with a token minted just before (uploadFile)."""
         body, headers = sp7_upload(store, content, self.generate_token(store), coll=coll,
                                    file_name=file_name, file_type=mime)
-        return self.client.request("POST", path_of(self.server_urls["write"]), body=body,
+        return self.client.request("POST", path_of(self.urls["write"]), body=body,
                                    headers=headers)
 
     def delete(self, store, coll=COLL):
@@ -194,50 +227,33 @@ class Sp7Backend:
         body = urlencode([("filename", store), ("coll", coll),
                           ("token", self.generate_token(store))]).encode("ascii")
         result = self.client.request(
-            "POST", path_of(self.server_urls["delete"]), body=body,
+            "POST", path_of(self.urls["delete"]), body=body,
             headers={"Content-Type": "application/x-www-form-urlencoded"})
         self.update_time_delta(result)
         return result
 
 
-class Sp6Client:
+class Sp6Client(_SpecifyClient):
     """Specify 6's WebStoreAttachmentMgr: +100000 s clock, resynced after every response."""
 
-    def __init__(self, client, key=KEY, xml_path="/web_asset_store.xml", public_base=None):
-        self.client = client
-        self.key = key
-        self.xml_path = xml_path
-        self.public_base = public_base or default_public_base(client, xml_path)
-        self.server_time_delta = None
-        self.urls = None
+    SYSTEM_OFFSET = SP6_SYSTEM_OFFSET
+    NO_TIMESTAMP = "no X-Timestamp seen: Specify 6 throws NullPointerException"
 
-    @staticmethod
-    def system_time():
-        return int(time.time()) + SP6_SYSTEM_OFFSET
-
-    def update_server_time_delta(self, result):
-        timestamp = result.header("X-Timestamp")
-        if timestamp is not None:
-            try:
-                self.server_time_delta = int(timestamp) - self.system_time()
-            except ValueError:
-                pass  # Long.parseLong failed: Specify 6 keeps the old delta
-
-    def generate_token(self, location):
-        if self.server_time_delta is None:
-            raise AssertionError("no X-Timestamp seen: Specify 6 throws NullPointerException")
-        return _hmac_token(self.key, self.system_time() + self.server_time_delta, location)
+    def update_time_delta(self, result):
+        try:
+            super().update_time_delta(result)
+        except ValueError:
+            pass  # Long.parseLong failed: Specify 6 keeps the old delta
 
     def send(self, method, kind, query=None, body=b"", headers=None):
         """Send to an advertised URL and resync the clock from the answer."""
         result = self.client.request(method, path_of(self.urls[kind]), query, body, headers)
-        self.update_server_time_delta(result)
+        self.update_time_delta(result)
         return result
 
     def init(self):
         """Fetch the XML (getURLSetupXML) and test the key (testKey, a signed int)."""
-        result, self.urls = fetch_urls(self.client, self.xml_path, self.public_base)
-        self.update_server_time_delta(result)
+        self.discover()
         random_value = str(random.randint(-2 ** 31, 2 ** 31 - 1))
         expect(self.send("GET", "testkey", [("random", random_value),
                                             ("token", self.generate_token(random_value))]),

@@ -11,7 +11,6 @@ import shutil
 import struct
 import subprocess
 import time
-import uuid
 import xml.dom.minidom
 import xml.etree.ElementTree as ElementTree
 import xml.sax
@@ -23,6 +22,7 @@ from tests.helpers import (
     COLL, KEY, SP6_BOUNDARY, SP7_BOUNDARY, U6, U7, call, make_settings, multipart_body,
     sp6_upload, sp7_upload, token,
 )
+from tests.lifecycle import Sp6Client, Sp7Backend, WSGIClient
 from webassets import auth, config, multipart, samples, storage
 from webassets.app import create_app
 
@@ -275,45 +275,19 @@ class _UrlTypes(xml.sax.ContentHandler):
 
 # --------------------------------------------------------------------------- client simulations
 
-class Sp7Client:
-    """Specify 7's backend: a clock `offset` from the server's, resynced from X-Timestamp
-    only on web_asset_store.xml and filedelete responses."""
-
-    def __init__(self, app, offset=0):
-        self.app, self.offset, self.delta, self.urls = app, offset, None, None
-
-    def now(self):
-        return int(self.app.clock() + self.offset)
-
-    def resync(self, res):
-        self.delta = int(res.header("X-Timestamp")) - self.now()
-
-    def token(self, name):
-        return auth.generate_token(KEY, self.now() + self.delta, name)
-
-    def init(self):
-        res = get(self.app, "/web_asset_store.xml")
-        assert res.status == 200
-        self.resync(res)
-        self.urls = {kind: url_path(urls[0]) for kind, urls in xml_urls(res.body).items()}
-        return res
-
-    def test_key(self):
-        random_value = str(uuid.uuid4())
-        return get(self.app, self.urls["testkey"],
-                   {"random": random_value, "token": self.token(random_value)})
+def wsgi(app):
+    """Return a tests.lifecycle client over `app` whose every request goes through req()."""
+    return WSGIClient(app, call=req)
 
 
-class Sp6Client(Sp7Client):
-    """Specify 6: getSystemTime() is the client clock + 100000 s, resynced on every response."""
+def sp7_client(app, offset=0):
+    """Return Specify 7's backend with a clock `offset` from the app's (tests.lifecycle)."""
+    return Sp7Backend(wsgi(app), offset=offset, clock=app.clock)
 
-    def now(self):
-        return int(self.app.clock() + self.offset) + 100000
 
-    def request(self, method, kind, query=None, **kwargs):
-        res = req(self.app, method, self.urls[kind], query, **kwargs)
-        self.resync(res)
-        return res
+def sp6_client(app, offset=0):
+    """Return Specify 6's client with a clock `offset` from the app's (tests.lifecycle)."""
+    return Sp6Client(wsgi(app), offset=offset, clock=app.clock)
 
 
 # --------------------------------------------------------------------------- pictures
@@ -481,8 +455,8 @@ CLIENT_OFFSETS = (-10000, 0, 10000)  # the test client's clock minus the server'
 def test_05_sp7_init(tmp_path, cfg):
     app = build(tmp_path, cfg, clock=time.time)
     for offset in CLIENT_OFFSETS:
-        client = Sp7Client(app, offset)
-        client.init()
+        client = sp7_client(app, offset)
+        client.discover()
         assert client.test_key().status == 200, offset
         if offset and cfg in WITH_TIME:
             # Control: the client's own clock alone would be refused.
@@ -494,11 +468,11 @@ def test_05_sp7_init(tmp_path, cfg):
 def test_06_sp6_init(tmp_path, cfg):
     app = build(tmp_path, cfg, clock=time.time)
     for offset in CLIENT_OFFSETS:
-        client = Sp6Client(app, offset)
-        client.init()
+        client = sp6_client(app, offset)
+        client.discover()
         random_value = str(random.Random(offset).randint(-2 ** 31, 2 ** 31 - 1))
-        res = client.request("GET", "testkey", {"random": random_value,
-                                                "token": client.token(random_value)})
+        res = client.send("GET", "testkey", {"random": random_value,
+                                             "token": client.generate_token(random_value)})
         assert res.status == 200, offset
 
 
@@ -1293,61 +1267,42 @@ def test_77_cors_on_every_upload_status(tmp_path, app):
 @needs_convert
 @configs(ALL)
 def test_78_sp7_lifecycle(app, images):
-    client = Sp7Client(app, offset=10000)
-    client.init()
+    client = sp7_client(app, offset=10000)
+    client.discover()
     assert client.test_key().status == 200
-    signed = {"token": client.token(U7)} if app.settings.REQUIRE_KEY_FOR_GET else {}
+    signed = {"token": client.generate_token(U7)} if app.settings.REQUIRE_KEY_FOR_GET else {}
 
     def read(**query):
-        params = [("coll", COLL)] + sorted(query.items()) + sorted(signed.items())
-        return get(app, client.urls["read"], params)
+        return client.get("read", [("coll", COLL)] + sorted(query.items()) + sorted(signed.items()))
 
-    body, headers = sp7_upload(U7, images["jpeg"], client.token(U7))
-    assert req(app, "POST", client.urls["write"], body=body, headers=headers).status == 200
+    assert client.upload(U7, images["jpeg"]).status == 200
     assert_thumbnail(read(type="T", filename=U7, scale="123"), "image/jpeg", 123)
     res = read(type="O", filename=U7, downloadname="photo.jpg")
     assert (res.status, res.body, res.header("Content-Type")) == (200, images["jpeg"], "image/jpeg")
-    res = get(app, client.urls["read"], {"filename": U7, "coll": COLL, "type": "O",
-                                         "token": client.token(U7)})
+    res = client.get("read", {"filename": U7, "coll": COLL, "type": "O",
+                              "token": client.generate_token(U7)})
     assert res.status == 200
     for expected in (200, 404):
-        res = req(app, "POST", client.urls["delete"], body=urlencode(
-            {"filename": U7, "coll": COLL, "token": client.token(U7)}).encode(),
-            headers={"Content-Type": FORM})
-        client.resync(res)
-        assert res.status == expected
+        assert client.delete(U7).status == expected  # resyncs the clock, as Specify 7 does
     assert read(type="O", filename=U7).status == 404
 
 
 @needs_convert
 @configs(ALL)
 def test_79_sp6_lifecycle(app, images):
-    client = Sp6Client(app, offset=-10000)
-    client.init()
-    assert client.request("GET", "testkey", {"random": "-42", "token": client.token("-42")}).status == 200
-
-    def upload(upload_type, file_name, content):
-        body, headers = sp6_upload(U6, content, client.token(U6), upload_type=upload_type,
-                                   file_name=file_name)
-        return client.request("POST", "write", body=body, headers=headers)
-
-    def read(kind, scale):
-        params = [("type", kind), ("scale", scale), ("filename", U6),
-                  ("token", client.token(U6)), ("coll", COLL)] + SP6_EXTRA
-        return client.request("GET", "read", params)
-
-    assert upload("O", "IMG 0001.JPG", images["exif"]).status == 200
-    assert upload("T", "sp6_thumb_42.tmp", b"client thumbnail").status == 200
-    assert_thumbnail(read("T", "200"), "image/jpeg", 200)
-    assert read("O", "null").body == images["exif"]
-    query = [("dt", "json"), ("filename", U6), ("token", client.token(U6)), ("coll", COLL)] + SP6_EXTRA
-    res = client.request("GET", "getmetadata", query)
+    client = sp6_client(app, offset=-10000)
+    client.discover()
+    assert client.send("GET", "testkey", {"random": "-42",
+                                          "token": client.generate_token("-42")}).status == 200
+    # Each request below is Specify 6's exact field order, disp/div/inst included.
+    assert client.upload(U6, images["exif"], "O", file_name="IMG 0001.JPG").status == 200
+    assert client.upload(U6, b"client thumbnail", "T", file_name="sp6_thumb_42.tmp").status == 200
+    assert_thumbnail(client.fileget(U6, "T", "200"), "image/jpeg", 200)
+    assert client.fileget(U6, "O", "null").body == images["exif"]
+    res = client.getmetadata(U6)
     assert res.status == 200 and isinstance(json.loads(res.body.decode("utf-8")), list)
     for expected in (200, 404):
-        fields = [("filename", U6), ("token", client.token(U6)), ("coll", COLL)] + SP6_EXTRA
-        res = client.request("POST", "delete", body=urlencode(fields).encode(),
-                             headers={"Content-Type": FORM + "; charset=UTF-8"})
-        assert res.status == expected
+        assert client.delete(U6).status == expected
 
 
 # =========================================================================== extras (issue 2)
