@@ -38,8 +38,11 @@ SERVE_SCRIPT = textwrap.dedent("""
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
 
-    serve(app, "127.0.0.1", 0, workers=2, timeout=5, processes=2,
-          on_fork=lambda: say("worker %d" % os.getpid()),
+    def on_fork():
+        say("worker %d" % os.getpid())
+        time.sleep(float(os.environ.get("SLOW_FORK", "0")))  # widens the start-up window
+
+    serve(app, "127.0.0.1", 0, workers=2, timeout=5, processes=2, on_fork=on_fork,
           ready=lambda server: say("port %d" % server.server_port))
 """)
 
@@ -85,6 +88,18 @@ def get(port, path="/"):
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def test_sigterm_while_workers_start_is_not_lost():
+    """A stop that reaches a worker before its draining handler is installed still stops it."""
+    child = Child([sys.executable, "-c", SERVE_SCRIPT, ROOT], env=dict(os.environ, SLOW_FORK="3"))
+    try:
+        lines = [child.line() for _ in range(3)]  # the port and both workers, still starting
+        assert sum(line.startswith("worker") for line in lines) == 2, lines
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.proc.wait(WAIT) == 0
+    finally:
+        child.close()
 
 
 def test_workers_serve_the_shared_port_and_a_killed_worker_is_replaced(server):

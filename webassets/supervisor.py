@@ -108,6 +108,11 @@ class Supervisor:
             for fd in self._wake_fds:
                 os.close(fd)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # The supervisor's SIGTERM handler only sets a flag that this copy never reads:
+            # a stop sent before the worker installs its own draining handler would be lost
+            # and the supervisor would wait for it in vain. Until then nothing is in flight,
+            # so the default action (exit) is the right one.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             # Ctrl-C reaches the whole process group: the supervisor turns it into SIGTERM.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             if self.on_fork is not None:
