@@ -1466,3 +1466,9 @@ def test_extra_conditional_get(app):
     assert get(app, "/fileget", query, headers={"If-None-Match": '"other"'}).status == 200
     res = get(app, "/fileget", query, headers={"Range": "bytes=-3"})
     assert (res.status, res.body) == (206, b"789")
+
+
+def test_extra_refused_token_reason_is_logged(app, caplog):
+    caplog.set_level("INFO", logger="webassets.app")
+    assert req(app, "GET", "/testkey", {"random": "x", "token": "a:b:c"}).status == 403
+    assert "Refused GET /testkey: malformed token" in caplog.text

@@ -112,7 +112,7 @@ class App:
         except errors.HTTPError as ex:
             response = error_response(ex)
         except DOMAIN_ERRORS as ex:
-            response = error_response(as_http_error(ex))
+            response = error_response(self._domain_error(request, ex))
         except OSError as ex:
             response = error_response(self._os_error(request, ex))
         except Exception:
@@ -174,6 +174,13 @@ class App:
         settings = self.settings
         auth.validate_token(settings.keys, settings.TIME_TOLERANCE, fields.get("token", ""),
                             fields.get(route.token, ""), now=request.arrived)
+
+    def _domain_error(self, request, ex):
+        if isinstance(ex, auth.TokenError):
+            # COMPAT: the 403 body stays empty, so say here why (a wrong attachment.key or
+            # clock skew is the usual Specify set-up problem).
+            logger.info("Refused %s %s: %s", request.method, request.path, ex)
+        return as_http_error(ex)
 
     def _os_error(self, request, ex):
         if ex.errno in _DISK_FULL:
