@@ -241,15 +241,20 @@ def chown_to(path, user):
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def start_apache(root):
-    """Start Apache with etc/apache/webassets.conf rerooted under `root`; return (process, port)."""
-    port = free_port()
+def install_root(root, owner, **settings):
+    """Lay out the documented install under `root`: the checkout, a store `owner` owns at
+    /var/lib/webassets, and /etc/webassets/settings.py with `settings`."""
     install_checkout(root)
     store = root + "/var/lib/webassets"
     os.makedirs(store)
-    chown_to(store, APACHE_USER)
-    write(root + "/etc/webassets/settings.py",
-          settings_text(store, SERVER_NAME="127.0.0.1", SERVER_PORT=port))
+    chown_to(store, owner)
+    write(root + "/etc/webassets/settings.py", settings_text(store, **settings))
+
+
+def start_apache(root):
+    """Start Apache with etc/apache/webassets.conf rerooted under `root`; return (process, port)."""
+    port = free_port()
+    install_root(root, APACHE_USER, SERVER_NAME="127.0.0.1", SERVER_PORT=port)
     os.makedirs(root + "/apache/run")
     os.makedirs(root + "/apache/www")
     write(root + "/apache/webassets.conf", reroot(read_etc("apache", "webassets.conf"), root))
@@ -403,12 +408,8 @@ def low_free_port(first=400, last=511):
 def service_root(port):
     """Return a root with the install, settings (127.0.0.1:port) and a store SERVICE_USER owns."""
     root = make_root()
-    install_checkout(root)
-    store = root + "/var/lib/webassets"
-    os.makedirs(store)
-    chown_to(store, SERVICE_USER)
-    write(root + "/etc/webassets/settings.py", settings_text(
-        store, BIND_ADDRESS="127.0.0.1", PORT=port, SERVER_NAME="127.0.0.1", SERVER_PORT=port))
+    install_root(root, SERVICE_USER, BIND_ADDRESS="127.0.0.1", PORT=port,
+                 SERVER_NAME="127.0.0.1", SERVER_PORT=port)
     return root
 
 
