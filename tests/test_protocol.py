@@ -1472,3 +1472,16 @@ def test_extra_refused_token_reason_is_logged(app, caplog):
     caplog.set_level("INFO", logger="webassets.app")
     assert req(app, "GET", "/testkey", {"random": "x", "token": "a:b:c"}).status == 403
     assert "Refused GET /testkey: malformed token" in caplog.text
+
+
+def test_extra_os_error_reason_names_no_server_path(app):
+    """A FileNotFoundError that escapes (e.g. a race with a delete) is a plain 404."""
+
+    def vanished(source, target, scale):
+        raise FileNotFoundError(2, "No such file or directory", source)
+
+    app.thumbnailer.thumbnail = vanished
+    put_ok(app, U7, b"x")
+    res = req(app, "GET", "/fileget", {"type": "T", "filename": U7, "scale": "123"})
+    assert res.status == 404
+    assert app.settings.BASE_DIR.encode() not in res.body

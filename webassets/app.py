@@ -75,6 +75,8 @@ def as_http_error(ex):
                 return http_error(str(ex) or None, getattr(ex, "retry_after", 1))
             if http_error is errors.Forbidden:
                 return http_error()  # COMPAT: empty body, like the reference
+            if isinstance(ex, OSError):
+                return http_error()  # SECURITY: str(ex) names a server path
             return http_error(str(ex) or None)
     raise TypeError("no HTTP error for %r" % (ex,))
 
