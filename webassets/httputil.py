@@ -65,7 +65,9 @@ class Request:
         if not value:
             if self.environ.get("wsgi.input_terminated"):
                 return None  # NOTE: mod_wsgi with WSGIChunkedRequest signals EOF for us
-            return 0 if self.method not in ("POST", "PUT") else _length_required()
+            if self.method in ("POST", "PUT"):
+                raise errors.LengthRequired()
+            return 0
         if not value.isdigit():
             raise errors.BadRequest("Invalid Content-Length.")
         return int(value)
@@ -99,10 +101,6 @@ class Request:
         if body and ctype not in ("application/x-www-form-urlencoded", ""):
             raise errors.BadRequest("Expected an application/x-www-form-urlencoded body.")
         return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-def _length_required():
-    raise errors.LengthRequired()
 
 
 def _recode(value):
