@@ -4,6 +4,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class FileStore:
             handle = open(path, "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise MissingFile("File does not exist.") from None
-        if not os.path.isfile(path):
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # the file opened, not the path
             handle.close()
             raise MissingFile("File does not exist.")
         return handle
