@@ -179,14 +179,15 @@ def test_file_wrapper_sends_a_large_file_with_sendfile(tmp_path, monkeypatch):
     payload = os.urandom(5 * 1024 * 1024)
     path = tmp_path / "big.bin"
     path.write_bytes(payload)
-    calls = []
-    original = socket.socket.sendfile
+    sent = []  # (offset, bytes sent) of each sendfile(2) call
+    original = os.sendfile
 
-    def spy(self, *args, **kwargs):
-        calls.append(args[1:])
-        return original(self, *args, **kwargs)
+    def spy(out_fd, in_fd, offset, count):
+        done = original(out_fd, in_fd, offset, count)
+        sent.append((offset, done))
+        return done
 
-    monkeypatch.setattr(socket.socket, "sendfile", spy)
+    monkeypatch.setattr(os, "sendfile", spy)
     with running_server(file_app(str(path))) as server:
         conn = connect(server)
         status, response, body = fetch(conn, "GET", "/file")
@@ -194,7 +195,9 @@ def test_file_wrapper_sends_a_large_file_with_sendfile(tmp_path, monkeypatch):
     assert status == 200
     assert response.getheader("Content-Length") == str(len(payload))
     assert body == payload
-    assert calls == [(0, len(payload))] * 2
+    # Two responses, each from offset 0 and contiguous, all of it through sendfile(2).
+    assert sum(done for _, done in sent) == 2 * len(payload)
+    assert [offset for offset, _ in sent].count(0) == 2
 
 
 @pytest.mark.parametrize("wrap", [lambda handle: handle, NoFileno], ids=["sendfile", "iterate"])
@@ -606,3 +609,111 @@ def test_serve_finishes_the_in_flight_request_on_sigterm_and_exits_0():
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+# ---------------------------------------------------------------- slow and many clients
+
+def body_app(environ, start_response):
+    """Read the whole body in 1 KiB reads; answer with its length."""
+    body, total = environ["wsgi.input"], 0
+    while True:
+        data = body.read(1024)
+        if not data:
+            break
+        total += len(data)
+    payload = str(total).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+def served_promptly(server, path="/other"):
+    """Return the seconds a fresh connection waits for an answer to GET `path`."""
+    started = time.monotonic()
+    status, _, body = fetch(connect(server), "GET", path)
+    assert (status, body) == (200, b"GET %s? " % path.encode())
+    return time.monotonic() - started
+
+
+def test_clients_trickling_request_heads_hold_no_slot(quiet):
+    with running_server(echo_app, workers=1) as server:
+        trickling = [raw_connect(server) for _ in range(20)]
+        for sock in trickling:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        assert served_promptly(server) < 1.0
+        for sock in trickling:  # and they are still served once their heads are complete
+            sock.sendall(b"y\r\n\r\n")
+        assert [read_response(sock)[0] for sock in trickling] == [200] * 20
+
+
+def test_a_slow_upload_holds_no_slot_while_it_waits_for_its_body(quiet):
+    app = lambda environ, start_response: (  # noqa: E731
+        body_app if environ["REQUEST_METHOD"] == "POST" else echo_app)(environ, start_response)
+    with running_server(app, workers=1) as server:
+        slow = raw_connect(server)
+        slow.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n" + b"a" * 100)
+        time.sleep(0.2)  # the app is now reading the body, in the only slot's thread
+        assert served_promptly(server) < 1.0
+        slow.sendall(b"b" * 3996)
+        assert read_response(slow)[::2] == (200, b"4096")
+
+
+def test_a_client_slow_to_read_a_download_holds_no_slot(quiet, tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(32 * 1024 * 1024))  # far more than the socket buffers hold
+    with running_server(file_app(str(path)), workers=1) as server:
+        slow = raw_connect(server)
+        slow.sendall(b"GET /file HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # sendfile(2) is now blocked on the full socket
+        assert served_promptly(server) < 1.0
+        received = 0
+        while received <= 32 * 1024 * 1024:  # the stalled download then completes
+            data = slow.recv(1024 * 1024)
+            assert data, "closed after %d bytes" % received
+            received += len(data)
+
+
+def test_a_slow_transfer_is_cut_only_after_the_timeout_of_silence(quiet):
+    with running_server(body_app, timeout=0.5) as server:
+        steady = raw_connect(server)
+        steady.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+        started = time.monotonic()
+        for _ in range(12):  # 2.4 s in all, far beyond the timeout, but never 0.5 s silent
+            time.sleep(0.2)
+            steady.sendall(b"z")
+        assert read_response(steady)[::2] == (200, b"12")
+        assert time.monotonic() - started > 2.0
+        silent = raw_connect(server)
+        silent.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\nzz")
+        assert is_closed_by_peer(silent, WAIT)
+
+
+def test_connections_beyond_the_limit_get_503_and_are_closed(quiet):
+    with running_server(echo_app, max_connections=3) as server:
+        held = [raw_connect(server) for _ in range(3)]
+        time.sleep(0.1)  # let the listener accept them
+        extra = raw_connect(server)
+        extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, response, body = read_response(extra)
+        assert (status, response.getheader("Connection")) == (503, "close")
+        assert response.getheader("Retry-After") and body.startswith(b"Too many connections")
+        assert is_closed_by_peer(extra, WAIT)
+        held.pop().close()
+        time.sleep(0.1)
+        assert served_promptly(server) < 1.0
+        assert server.open_connections <= 3
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\n" + b"X-Pad: %s\r\n" % (b"b" * 1000) * 70 + b"\r\n", 431),
+])
+def test_oversized_request_heads_are_refused(quiet, head, status):
+    with running_server(echo_app) as server:
+        sock = raw_connect(server)
+        try:
+            sock.sendall(head)
+        except ConnectionResetError:
+            pass  # closed while we were still sending: the answer came first
+        assert read_response(sock)[0] == status
+        assert served_promptly(server) < 1.0

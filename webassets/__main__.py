@@ -65,7 +65,7 @@ def _existing_store(settings):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_serve(args):
-    """Run the built-in server (PROCESSES x WORKERS threads) until SIGTERM/SIGINT."""
+    """Run the built-in server (PROCESSES x WORKERS request slots) until SIGTERM/SIGINT."""
     from .app import create_app
     from .handlers import public_base
     from .server import serve
@@ -88,7 +88,8 @@ def cmd_serve(args):
         logger.warning("KEY is None: anyone who can reach this server can store and delete files")
 
     def ready(server):
-        logger.info("webassets %s listening on %s:%d (%d process(es) x %d threads), store %s",
+        logger.info("webassets %s listening on %s:%d (%d process(es) x %d request slots), "
+                    "store %s",
                     __version__, settings.BIND_ADDRESS, server.server_port, processes,
                     settings.WORKERS, settings.BASE_DIR)
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
@@ -105,7 +106,7 @@ def cmd_serve(args):
     try:
         serve(app, settings.BIND_ADDRESS, settings.PORT, workers=settings.WORKERS,
               timeout=settings.REQUEST_TIMEOUT, ready=ready, processes=processes,
-              on_fork=on_fork)
+              on_fork=on_fork, max_connections=settings.MAX_CONNECTIONS)
     except OSError as ex:
         logger.error("Cannot listen on %s:%d: %s", settings.BIND_ADDRESS, settings.PORT,
                      ex.strerror or ex)

@@ -58,9 +58,10 @@ class Settings(NamedTuple):
     THUMBNAIL_WORKERS: Optional[int] = None  # None: CPU count
     THUMBNAIL_QUEUE: int = 64
     MAX_PIXELS: int = 200 * 1000 * 1000
-    WORKERS: int = 4  # per process; fewer threads fight less over the GIL (bench: p99 at c=64)
+    WORKERS: int = 4  # request slots per process; fewer fight less over the GIL (bench: c=64)
     PROCESSES: Optional[int] = None  # None: CPU count
     REQUEST_TIMEOUT: int = 60
+    MAX_CONNECTIONS: int = 1024  # open client connections, all processes together
     METRICS: bool = True  # serve /metrics (Prometheus text) and count for it
     ACCESS_LOG_FORMAT: str = "combined"  # 'combined' (Apache) or 'json' (one object per line)
 
@@ -252,6 +253,7 @@ _CONVERTERS = {
     "WORKERS": _integer(1, 1024),
     "PROCESSES": _optional(_integer(1, 256)),
     "REQUEST_TIMEOUT": _integer(1),
+    "MAX_CONNECTIONS": _integer(1, 1000000),
     "METRICS": _boolean,
     "ACCESS_LOG_FORMAT": _choice("combined", "json"),
 }
