@@ -60,6 +60,7 @@ _HTTP_ERRORS = (
     (thumbnails.BadScale, errors.BadRequest),
     (thumbnails.NotThumbnailable, errors.NotFound),
     (thumbnails.Busy, errors.ServiceUnavailable),
+    (thumbnails.DiskFull, errors.InsufficientStorage),
     (thumbnails.ThumbnailError, errors.UnprocessableEntity),
 )
 DOMAIN_ERRORS = tuple(domain for domain, _ in _HTTP_ERRORS)
