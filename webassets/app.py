@@ -7,7 +7,7 @@ import time
 from typing import Callable, NamedTuple, Optional
 
 from . import auth, errors, handlers, logutil, metrics, multipart, storage, thumbnails
-from .httputil import Request, Response
+from .httputil import Offload, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class App:
         self.clock = clock
         self.routes = routes
         self.metrics = metrics  # a metrics.Metrics, or None when METRICS is off
+        self.offload = Offload.from_settings(settings)  # None: files are sent by us
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
