@@ -311,7 +311,8 @@ def nginx_deployment(**settings):
         processes.append(deploy_util.start_webassets(root, text, app_port))
         process, cert = deploy_util.start_nginx(root, app_port, http_port, https_port)
         processes.append(process)
-        yield HTTPClient(public, ssl_context=trusting(cert)), http_port, process, processes[0], store
+        client = HTTPClient(public, ssl_context=trusting(cert))
+        yield client, http_port, process, processes[0], store
     finally:
         for process in reversed(processes):
             process.stop()

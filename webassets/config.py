@@ -228,7 +228,7 @@ def _base_dir(value):
 def _uri_prefix(value):
     value = _text(value)
     if not re.fullmatch(r"/([A-Za-z0-9._~-]+/)+", value) or "/./" in value or "/../" in value:
-        raise ValueError("expected a URI path such as /webassets-internal/ (starts and ends with /)")
+        raise ValueError("expected a URI path like /webassets-internal/ (with both slashes)")
     return value
 
 
