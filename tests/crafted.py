@@ -93,12 +93,14 @@ def exif_makernote_count_ffffffff():
 
 
 def exif_ascii_count_ffffffff():
+    """An ASCII tag of 0xFFFFFFFF characters: one read of the rest of the file."""
     tiff = Tiff()
     exif = tiff.ifd([(0x9286, ASCII, 0xFFFFFFFF, 8)])  # UserComment over the rest of the file
     return jpeg(tiff.finish(canon_ifd0(tiff, exif)), body=b"\xff\xd9" + b"x" * 2000)
 
 
 def exif_offsets_past_end():
+    """Values, sub-IFDs and the next IFD at offsets up to 0xFFFFFFF0, past the end."""
     tiff = Tiff()
     ifd1 = tiff.ifd([(0x0201, LONG, 1, 0xFFFFFF00), (0x0202, LONG, 1, 0xFFFF)],
                     next_ifd=0x7FFFFFFF)
@@ -139,6 +141,7 @@ def exif_many_tags():
 
 
 def exif_entry_count_65535():
+    """An EXIF IFD declaring 65535 entries in a file that holds one."""
     tiff = Tiff()
     exif = tiff.ifd([(DATE_ORIGINAL, ASCII, 20, text("2015:05:20 12:16:38"))], declared=65535)
     return jpeg(tiff.finish(canon_ifd0(tiff, exif)))
@@ -184,6 +187,7 @@ def exif_nikon_makernote_relative():
 
 
 def png_exif_count_ffffffff():
+    """The MakerNote-count file's EXIF in a PNG eXIf chunk."""
     return png([png_chunk(b"eXIf", exif_makernote_count_ffffffff()[12:-2])])
 
 
@@ -193,6 +197,7 @@ def png_many_chunks(count=200000):
 
 
 def webp_exif_count_ffffffff():
+    """The MakerNote-count file's EXIF in a WebP EXIF chunk."""
     exif = b"Exif\0\0" + exif_makernote_count_ffffffff()[12:-2]
     vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([8, 0, 0, 0]) + b"\0\0\0" + b"\0\0\0"
     chunk = b"EXIF" + struct.pack("<I", len(exif)) + exif + b"\0" * (len(exif) % 2)
@@ -222,14 +227,17 @@ def tiff_uncompressed_thumbnail(strips=900, strip_bytes=4096):
 # --------------------------------------------------------------------------- image headers
 
 def jpeg_soi_only():
+    """A JPEG cut after its first marker byte."""
     return b"\xff\xd8\xff"
 
 
 def jpeg_marker_length_0():
+    """Segment lengths of 0 and 1, which would step back into the header."""
     return b"\xff\xd8\xff\xe0\x00\x00" + b"\xff\xe0\x00\x01" * 8
 
 
 def jpeg_sof_65535():
+    """A frame of 65535 x 65535 pixels (refused by MAX_PIXELS before ImageMagick)."""
     sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 65535, 65535, 1) + b"\x01\x11\x00"
     return b"\xff\xd8" + sof + b"\xff\xd9"
 
@@ -240,18 +248,22 @@ def jpeg_ff_fill(size=8 * 1024 * 1024):
 
 
 def png_truncated():
+    """A PNG cut inside IHDR."""
     return b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0"
 
 
 def png_huge_dimensions():
+    """IHDR of 2**31-1 x 2**31-1 pixels."""
     return png(width=0x7FFFFFFF, height=0x7FFFFFFF)
 
 
 def gif_truncated():
+    """A GIF cut inside its logical screen descriptor."""
     return b"GIF89a\x10\x00"
 
 
 def gif_frame_65535():
+    """A frame of 65535 x 65535 pixels at offset 65535, 65535 on a 1 x 1 screen."""
     screen = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
     return screen + b"," + struct.pack("<HHHHB", 65535, 65535, 65535, 65535, 0) + b"\x02\x02\x44\x01\x00;"
 
@@ -263,53 +275,65 @@ def gif_many_subblocks(extensions=256, blocks=4000):
 
 
 def tiff_ifd_past_end():
+    """A TIFF whose first IFD lies at 0xFFFFFFF0."""
     return b"II*\0" + struct.pack("<I", 0xFFFFFFF0)
 
 
 def tiff_entry_count_65535():
+    """A TIFF IFD declaring 65535 entries, holding one."""
     return b"MM\0*" + struct.pack(">I", 8) + b"\xff\xff" + struct.pack(">HHII", 256, 3, 1, 0)
 
 
 def bigtiff_truncated():
+    """A BigTIFF header and nothing else."""
     return b"II+\0\x08\0\0\0"
 
 
 def heic_ftyp_size_0():
+    """An 'ftyp' box of size 0 (to the end of the file)."""
     return b"\0\0\0\0ftypheic\0\0\0\0mif1heic"
 
 
 def heic_ftyp_size_huge():
+    """An 'ftyp' box of size 0xFFFFFFFF."""
     return b"\xff\xff\xff\xffftypheic\0\0\0\0" + b"heic" * 8
 
 
 def heic_ispe_huge():
+    """50 'ispe' boxes of 0xFFFFFFFF x 0xFFFFFFFF pixels."""
     ftyp = struct.pack(">I", 24) + b"ftypheic\0\0\0\0mif1heic"
     ispe = struct.pack(">I", 20) + b"ispe" + b"\0\0\0\0" + struct.pack(">II", 0xFFFFFFFF, 0xFFFFFFFF)
     return ftyp + ispe * 50
 
 
 def webp_truncated():
+    """A WebP cut after its 'VP8 ' chunk name."""
     return b"RIFF\x10\0\0\0WEBPVP8 "
 
 
 def webp_vp8x_max():
+    """A VP8X canvas of 2**24 x 2**24 pixels."""
     return b"RIFF" + struct.pack("<I", 22) + b"WEBPVP8X" + struct.pack("<I", 10) + b"\0" * 4 + b"\xff" * 6
 
 
 def bmp_truncated():
+    """A BMP cut inside its info header."""
     return b"BM\0\0\0\0\0\0\0\0\0\0\0\0\x28\0\0\0"
 
 
 def bmp_int_min_height():
+    """A BMP of height -2**31 (top-down, abs() overflows int32)."""
     header = b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
     return header + struct.pack("<IiiHHIIiiII", 40, 1, -2 ** 31, 1, 24, 0, 0, 0, 0, 0, 0)
 
 
 def pdf_header_only():
+    """'%PDF-1.4' and nothing else."""
     return b"%PDF-1.4\n"
 
 
 def pdf_mediabox_5000_digits():
+    """A /MediaBox of two 5000-digit numbers (float() gives inf)."""
     digits = b"9" * 5000
     return b"%PDF-1.4\n1 0 obj << /Type /Page /MediaBox [0 0 " + digits + b" " + digits + b"] >>\n"
 
