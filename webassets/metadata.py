@@ -15,7 +15,10 @@ logger = logging.getLogger(__name__)
 try:  # ExifRead >= 3.2
     from exifread.core.find_exif import determine_type as _locate_exif
 except ImportError:  # ExifRead 3.0 and 3.1
-    from exifread import _determine_type as _locate_exif
+    try:
+        from exifread import _determine_type as _locate_exif
+    except ImportError:  # a future release: the read budget alone still bounds the work
+        _locate_exif = None
 
 # COMPAT: ExifRead 3.0 (Debian 12's python3-exifread, the newest on Python 3.6) has no
 # extract_thumbnail option and always copies the thumbnail; see _process_without_thumbnails.
@@ -66,8 +69,10 @@ def _process(path: str, details: bool = True, stop_tag: Optional[str] = None) ->
         try:
             # ExifRead's own locator (it differs between versions) says where the TIFF
             # structure starts; run it on a budgeted view too.
-            base, endian, _ = _locate_exif(exifbounds.BoundedView(f))
-            patches = exifbounds.sanitize(f, base, chr(endian[0]))
+            patches = {}
+            if _locate_exif is not None:
+                base, endian, _ = _locate_exif(exifbounds.BoundedView(f))
+                patches = exifbounds.sanitize(f, base, chr(endian[0]))
             view = exifbounds.BoundedView(f, patches)
             if _HAS_THUMBNAIL_OPTION:
                 # Thumbnails are dropped by read_exif; copying an uncompressed TIFF one is
