@@ -372,6 +372,14 @@ def slow_clients(ctx):
         _rows(ctx, variant, result)
         if variant.note:
             ctx.notes.append("Slow clients, " + variant.note + ".")
+    # Every upload was cut mid-body: the servers must have removed their temporary files.
+    expected = set(names.values())
+    left = sorted(name for name in os.listdir(os.path.join(store, "originals"))
+                  if name not in expected)
+    results["files_left_in_originals"] = left
+    if left:
+        ctx.notes.append("Slow clients: %d files left in originals/ after the cut uploads "
+                         "(e.g. %s)." % (len(left), ", ".join(left[:3])))
     cpu = [_generator_cpu(result) for result in results["variants"]]
     ctx.row("Slow clients: load generator", "CPU (one process, max over variants)",
             max(cpu) if cpu else None, "% of a CPU")

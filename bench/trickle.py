@@ -54,6 +54,8 @@ class Flow:
 
 
 class Generator:
+    """Every flow of a spec, driven by one loop: connect, trickle, read, report, reopen."""
+
     def __init__(self, spec):
         self.spec = spec
         self.host, self.port = spec["host"], spec["port"]
@@ -96,11 +98,11 @@ class Generator:
     def connected(self, flow, now):
         stats = self.stats[flow.kind["name"]]
         code = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        stats["connecting"] -= 1
         if code:
             stats["connect_errors"] += 1
             self.drop(flow, now, counted=False)
             return
+        stats["connecting"] -= 1
         flow.state = "open"
         stats["open"] += 1
         stats["connected"] += 1
@@ -244,11 +246,12 @@ class Generator:
 
     # ------------------------------------------------------------------ main loop
 
-    def report(self, event=None):
+    def report(self, event=None, **extra):
         usage = resource.getrusage(resource.RUSAGE_SELF)
         line = {"t": round(time.monotonic() - self.started, 2),
                 "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
                 "max_rss_kib": usage.ru_maxrss, "kinds": self.stats}
+        line.update(extra)
         if event:
             line["event"] = event
         sys.stdout.write(json.dumps(line) + "\n")
@@ -302,8 +305,7 @@ class Generator:
                 flow.sock.close()
                 flow.sock = None
                 closed += 1
-        self.stats["closed_at_end"] = closed
-        self.report("final")
+        self.report("final", closed_at_end=closed)
 
 
 def raise_nofile(needed):
