@@ -106,7 +106,8 @@ def slow_details(slow):
                 _ms(get["p99_ms"]), _ms(get["max_ms"]), _ms(health["p99_ms"]),
                 _ms(health["max_ms"]), health["errors"]))
     out += ["", "Attack connections (trickle.py) at its end; progress = bytes moved / (count x "
-            "rate x seconds the generator ran):", "",
+            "rate x seconds the generator ran). Bytes sent can sit unread in the server's "
+            "socket buffers: the downloads' progress and replies show whether it serves.", "",
             "| Variant | Kind | asked | connected | open | closed by server | reopened | "
             "replies | progress | generator CPU | server conns after teardown |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
