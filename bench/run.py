@@ -172,7 +172,8 @@ def run(args):
     finally:
         ctx.procs.stop_all()
         shutil.rmtree(ctx.store, ignore_errors=True)
-        shutil.rmtree(os.path.join(run_dir, "store-stampede"), ignore_errors=True)
+        for store in ("store-stampede", "store-slow", "store-soak"):
+            shutil.rmtree(os.path.join(run_dir, store), ignore_errors=True)
     meta = machine_meta(args, params)
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["loadavg_before"] = [round(value, 2) for value in load_before]
