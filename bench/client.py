@@ -200,9 +200,13 @@ def _drain_body(sock, headers, rest, keep=False):
     return b"".join(kept) if keep else total
 
 
-def get_to_null(host, port, path):
-    """GET `path` on a new connection and discard the body; return (status, bytes, seconds)."""
-    with socket.create_connection((host, port), timeout=CLIENT_TIMEOUT) as sock:
+def get_to_null(host, port, path, timeout=CLIENT_TIMEOUT):
+    """GET `path` on a new connection and discard the body; return (status, bytes, seconds).
+
+    The time runs from the first byte sent; each connect, send and recv waits at most
+    `timeout` (socket.timeout, an OSError, when it does not happen).
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         began = time.perf_counter()
         sock.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
                       % (path, host, port)).encode("ascii"))

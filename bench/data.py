@@ -118,6 +118,15 @@ def big_name(big_mib):
     return "big_%dmib.bin" % big_mib
 
 
+def download_file(data_dir, mib):
+    """Return the path of a random original of `mib` MiB in `data_dir`, written once."""
+    path = os.path.join(data_dir, big_name(mib))
+    if not os.path.exists(path):
+        logger.info("Writing a %d MiB random original", mib)
+        _random_file(path, mib * MIB)
+    return path
+
+
 def _generate_images(data_dir, convert, gs):
     base = os.path.join(data_dir, "base.png")
     photo = os.path.join(data_dir, PHOTO)
@@ -172,10 +181,7 @@ def generate(data_dir, big_mib):
         _random_file(os.path.join(data_dir, SMALL), SMALL_BYTES)
         _generate_images(data_dir, convert, gs)
         manifest = {"version": DATA_VERSION}
-    big = os.path.join(data_dir, big_name(big_mib))
-    if not os.path.exists(big):
-        logger.info("Writing a %d MiB random original", big_mib)
-        _random_file(big, big_mib * MIB)
+    big = download_file(data_dir, big_mib)
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     if len(tile_names(data_dir)) < SMALL_IMAGES:

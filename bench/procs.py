@@ -122,22 +122,29 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
 
 
+def children(pid):
+    """Return the pids of `pid`'s direct children (from /proc/<pid>/task/*/children)."""
+    found = []
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                found.extend(int(child) for child in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
 def _family(pid):
     """Return pid and its descendants (nginx's workers), from /proc/<pid>/task/*/children."""
     found, queue = [], [pid]
     while queue:
         current = queue.pop()
         found.append(current)
-        try:
-            tasks = os.listdir("/proc/%d/task" % current)
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open("/proc/%d/task/%s/children" % (current, task)) as f:
-                    queue.extend(int(child) for child in f.read().split())
-            except OSError:
-                pass
+        queue.extend(children(current))
     return found
 
 
@@ -272,15 +279,19 @@ def start_http_server(procs, root, python):
     return procs.start("http.server", argv, port, cwd=root)
 
 
-def start_nginx(procs, run_dir, root):
-    """Start nginx serving `root`, or return None (with a message) if nginx is not installed."""
-    nginx = shutil.which("nginx") or next(
+def nginx_path():
+    return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+
+
+def start_nginx(procs, run_dir, root, name="nginx"):
+    """Start nginx serving `root`, or return None (with a message) if nginx is not installed."""
+    nginx = nginx_path()
     if not nginx:
         logger.warning("nginx not installed: skipping the nginx floors (apt-get install nginx)")
         return None
     port = free_port()
-    prefix = os.path.join(run_dir, "nginx")
+    prefix = os.path.join(run_dir, name)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(prefix, "tmp", sub), exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
@@ -289,7 +300,7 @@ def start_nginx(procs, run_dir, root):
     with open(conf, "w") as f:
         f.write(_NGINX.format(prefix=prefix, host=HOST, port=port, root=root, user=user))
     argv = [nginx, "-e", os.path.join(prefix, "error.log"), "-p", prefix, "-c", conf]
-    return procs.start("nginx", argv, port, stop_signal=signal.SIGQUIT)
+    return procs.start(name, argv, port, stop_signal=signal.SIGQUIT)
 
 
 def apache_missing():

@@ -79,6 +79,8 @@ def details(raw):
                     phase, kind, result["requests"], result["rps"], _ms(result["p50_ms"]),
                     _ms(result["p99_ms"]), result["errors"]))
         out.append("")
+    out.extend(slow_details(raw.get("slow_clients")))
+    out.extend(soak_details(raw.get("soak")))
     thumbs = raw.get("thumbnails")
     if thumbs:
         out += ["## Thumbnail floor commands", ""]
@@ -86,6 +88,70 @@ def details(raw):
             if isinstance(entry, dict):
                 out.append("- %s: `%s`" % (label, entry["floor_argv"]))
         out.append("")
+    return out
+
+
+def slow_details(slow):
+    """Return Markdown lines: each slow-client variant's probes and what the attack did."""
+    if not slow:
+        return []
+    out = ["## Slow clients: probes and attack", "",
+           "| Variant | Phase | GETs | errors | p50 | p99 | max | /healthz p99 | max | errors |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant in slow["variants"]:
+        for phase in ("quiet", "loaded"):
+            get, health = variant[phase]["get"], variant[phase]["health"]
+            out.append("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %d |" % (
+                variant["label"], phase, get["requests"], get["errors"], _ms(get["p50_ms"]),
+                _ms(get["p99_ms"]), _ms(get["max_ms"]), _ms(health["p99_ms"]),
+                _ms(health["max_ms"]), health["errors"]))
+    out += ["", "Attack connections (trickle.py) at its end; progress = bytes moved / (count x "
+            "rate x seconds the generator ran). Bytes sent can sit unread in the server's "
+            "socket buffers: the downloads' progress and replies show whether it serves.", "",
+            "| Variant | Kind | asked | connected | open | closed by server | reopened | "
+            "replies | progress | generator CPU | server conns after teardown |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for variant in slow["variants"]:
+        final = variant["attack_final"] or {}
+        seconds = max(0.001, final.get("t", 0.0))
+        cpu = "%.1f%%" % (100.0 * final.get("cpu_seconds", 0.0) / seconds)
+        for kind, stats in sorted(final.get("kinds", {}).items()):
+            rate = slow["rates"][kind]
+            moved = stats["bytes_received"] if kind == "download" else stats["bytes_sent"]
+            progress = 100.0 * moved / max(1.0, stats["target"] * rate * seconds)
+            replies = ", ".join("%s x%d" % item for item in sorted(stats["statuses"].items()))
+            out.append("| %s | %s | %d | %d | %d | %d | %d | %s | %.0f%% | %s | %s |" % (
+                variant["label"], kind, stats["target"], stats["connected"], stats["open"],
+                stats["closed_by_server"], stats["reopened"], replies or "none", progress,
+                cpu, variant["server_connections_after_teardown"]))
+    out.append("")
+    return out
+
+
+def soak_details(soak):
+    """Return Markdown lines: the soak's requests by kind and each process's RSS over time."""
+    if not soak:
+        return []
+    out = ["## Soak by request kind", "", "| Kind | requests | p50 | p99 | errors |",
+           "|---|---|---|---|---|"]
+    for kind, result in sorted(soak["load"]["kinds"].items()):
+        out.append("| %s | %d | %s | %s | %d |" % (kind, result["requests"],
+                                                   _ms(result["p50_ms"]), _ms(result["p99_ms"]),
+                                                   result["errors"]))
+    if soak["load"].get("error_examples"):
+        out += ["", "First errors: " + "; ".join(soak["load"]["error_examples"])]
+    out += ["", "RSS (MiB) of each webassets process, sampled every %g s (warm-up ends at "
+            "%.0f s):" % (soak["sample_seconds"], soak["warmup_seconds"]), ""]
+    names = sorted(soak["processes"])
+    out.append("| t (s) | " + " | ".join(names) + " |")
+    out.append("|---|" + "---|" * len(names))
+    samples = soak["samples"]
+    step = max(1, len(samples) // 20)  # at most about 20 lines
+    for sample in samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else []):
+        out.append("| %.0f | %s |" % (sample["t"], " | ".join(
+            "%.1f" % (sample["rss_kib"][name] / 1024.0) if name in sample["rss_kib"] else "-"
+            for name in names)))
+    out.append("")
     return out
 
 

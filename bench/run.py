@@ -19,15 +19,21 @@ import client  # noqa: E402
 import data  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import slow  # noqa: E402
+import soak  # noqa: E402
 
 logger = logging.getLogger("bench")
 
 FULL = {"big_mib": 512, "get_seconds": 4, "get_rounds": 3, "big_reps": 5, "upload_reps": 4,
         "cold_reps": 7, "unhinted_reps": 3, "cached_reqs": 200, "mixed_seconds": 60,
-        "meta_seconds": 8}
+        "meta_seconds": 8, "slow_seconds": 30, "slow_floor_seconds": 10,
+        "soak_seconds": 600}
 QUICK = {"big_mib": 64, "get_seconds": 1, "get_rounds": 1, "big_reps": 3, "upload_reps": 2,
          "cold_reps": 3, "unhinted_reps": 1, "cached_reqs": 40, "mixed_seconds": 8,
-         "meta_seconds": 1}
+         "meta_seconds": 1, "slow_seconds": 8, "slow_floor_seconds": 4,
+         "soak_seconds": 60}
+
+CASES = cases.CASES + (("slow_clients", slow.slow_clients), ("soak", soak.soak))
 
 NOTES = [
     "This machine has {cpus} CPUs and the load generator (wrk, or the Python client) runs on "
@@ -66,7 +72,14 @@ def parse_args(argv):
     parser.add_argument("--no-apache", dest="apache", action="store_false",
                         help="skip Apache mod_wsgi even when it is installed")
     parser.add_argument("--only", help="comma-separated cases: " + ", ".join(
-        name for name, _ in cases.CASES))
+        name for name, _ in CASES))
+    parser.add_argument("--slow-seconds", type=float, help="slow_clients: seconds of probing "
+                        "under the slow load (default 30, --quick 8)")
+    parser.add_argument("--soak-seconds", type=float, help="soak: length of the run "
+                        "(default 600, --quick 60)")
+    parser.add_argument("--offload", choices=("auto", "on", "off"), default="auto",
+                        help="slow_clients: FILE_OFFLOAD for the nginx and Apache fronts "
+                        "(auto: on when webassets has the setting)")
     return parser.parse_args(argv)
 
 
@@ -127,6 +140,11 @@ def _start_servers(ctx, args):
 
 def run(args):
     params = dict(QUICK if args.quick else FULL)
+    if args.slow_seconds:
+        params["slow_seconds"] = args.slow_seconds
+    if args.soak_seconds:
+        params["soak_seconds"] = args.soak_seconds
+    params["offload"], params["apache"] = args.offload, args.apache
     out_dir = os.path.abspath(args.out)
     run_dir = os.path.join(out_dir, "run")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -141,7 +159,7 @@ def run(args):
     failed = []
     try:
         _start_servers(ctx, args)
-        for name, case in cases.CASES:
+        for name, case in CASES:
             if selected is not None and name not in selected:
                 continue
             logger.info("Case %s", name)
@@ -154,7 +172,8 @@ def run(args):
     finally:
         ctx.procs.stop_all()
         shutil.rmtree(ctx.store, ignore_errors=True)
-        shutil.rmtree(os.path.join(run_dir, "store-stampede"), ignore_errors=True)
+        for store in ("store-stampede", "store-slow", "store-soak"):
+            shutil.rmtree(os.path.join(run_dir, store), ignore_errors=True)
     meta = machine_meta(args, params)
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["loadavg_before"] = [round(value, 2) for value in load_before]

@@ -167,6 +167,8 @@ LoadModule mpm_event_module {modules}/mod_mpm_event.so
 LoadModule authz_core_module {modules}/mod_authz_core.so
 LoadModule env_module {modules}/mod_env.so
 LoadModule wsgi_module {modules}/mod_wsgi.so
+LoadModule reqtimeout_module {modules}/mod_reqtimeout.so
+LoadModule xsendfile_module {modules}/mod_xsendfile.so
 WSGISocketPrefix {root}/apache/run/wsgi
 # As on Debian: conf-enabled/ (our file) at server level, then a default site whose
 # virtual host must inherit the WSGIScriptAlias mounts.
@@ -176,7 +178,10 @@ Include {root}/apache/webassets.conf
 </VirtualHost>
 """
 
-APACHE_MODULE_FILES = ("mod_mpm_event.so", "mod_authz_core.so", "mod_env.so", "mod_wsgi.so")
+APACHE_MODULE_FILES = ("mod_mpm_event.so", "mod_authz_core.so", "mod_env.so", "mod_wsgi.so",
+                       "mod_reqtimeout.so", "mod_xsendfile.so")
+APACHE_PACKAGES = {"mod_wsgi.so": "libapache2-mod-wsgi-py3",
+                   "mod_xsendfile.so": "libapache2-mod-xsendfile"}
 
 
 def apache_missing():
@@ -185,7 +190,8 @@ def apache_missing():
         return "apache2 is not installed (Debian: apache2)"
     for name in APACHE_MODULE_FILES:
         if not os.path.exists(os.path.join(APACHE_MODULES, name)):
-            return "%s/%s is missing (Debian: libapache2-mod-wsgi-py3)" % (APACHE_MODULES, name)
+            return "%s/%s is missing (Debian: %s)" % (APACHE_MODULES, name,
+                                                      APACHE_PACKAGES.get(name, "apache2-bin"))
     if not os.path.exists(SYSTEM_PYTHON):
         return SYSTEM_PYTHON + " is missing"
     probe = subprocess.call([SYSTEM_PYTHON, "-c", "import exifread, venv"],
@@ -251,13 +257,22 @@ def install_root(root, owner, **settings):
     write(root + "/etc/webassets/settings.py", settings_text(store, **settings))
 
 
-def start_apache(root):
-    """Start Apache with etc/apache/webassets.conf rerooted under `root`; return (process, port)."""
+def start_apache(root, replace=(), **settings):
+    """Start Apache with etc/apache/webassets.conf rerooted under `root`; return (process, port).
+
+    `settings` go into the settings file; `replace` is (old, new) pairs for the conf,
+    each of which must occur in it (RuntimeError otherwise).
+    """
     port = free_port()
-    install_root(root, APACHE_USER, SERVER_NAME="127.0.0.1", SERVER_PORT=port)
+    install_root(root, APACHE_USER, SERVER_NAME="127.0.0.1", SERVER_PORT=port, **settings)
     os.makedirs(root + "/apache/run")
     os.makedirs(root + "/apache/www")
-    write(root + "/apache/webassets.conf", reroot(read_etc("apache", "webassets.conf"), root))
+    text = reroot(read_etc("apache", "webassets.conf"), root)
+    for old, new in replace:
+        if old not in text:
+            raise RuntimeError("etc/apache/webassets.conf no longer mentions " + old)
+        text = text.replace(old, new)
+    write(root + "/apache/webassets.conf", text)
     # Root starts Apache, which then runs as www-data, as on a real system.
     user = "User %s\nGroup %s" % (APACHE_USER, APACHE_USER) if os.geteuid() == 0 else ""
     write(root + "/apache/apache2.conf",
@@ -344,8 +359,8 @@ def start_nginx(root, app_port, http_port, https_port):
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(prefix + "/tmp/" + name)
     cert, key = make_certificate(prefix)
-    write(prefix + "/webassets.conf", nginx_site(read_etc("nginx", "webassets.conf"),
-                                                 http_port, https_port, app_port, cert, key))
+    site = reroot(read_etc("nginx", "webassets.conf"), root)  # the internal location's alias
+    write(prefix + "/webassets.conf", nginx_site(site, http_port, https_port, app_port, cert, key))
     write(prefix + "/nginx.conf", NGINX_MAIN.format(prefix=prefix))
     argv = [which("nginx"), "-p", prefix, "-c", prefix + "/nginx.conf", "-e", prefix + "/error.log"]
     check = subprocess.Popen(argv + ["-t"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -453,3 +468,67 @@ def authbind_permit(port, user=SERVICE_USER):
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o500))
     chown_to(path, user)
     return path
+
+
+# --- what the front server did: offloaded files, access logs, slow clients ---------------
+
+def app_etag(path):
+    """Return the ETag webassets itself gives the file at `path` (httputil.file_response)."""
+    stat = os.stat(path)
+    return '"%x-%x"' % (stat.st_mtime_ns, stat.st_size)
+
+
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3}) '
+                          r'(?P<bytes>\d+|-) ')
+
+
+def access_log_bytes(log_path, path):
+    """Return [(status, body bytes sent)] of the built-in server's access-log lines for `path`."""
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        matches = (_ACCESS_LINE.search(line) for line in handle)
+        return [(int(m.group("status")), 0 if m.group("bytes") == "-" else int(m.group("bytes")))
+                for m in matches if m and m.group("target").split("?")[0] == path]
+
+
+def trickle_head(port, interval, give_up):
+    """Send a request head one byte per `interval` s; return (seconds until the server
+    answered or closed, what it answered), or (None, b"") if it still waited after `give_up` s.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.settimeout(interval)
+        while time.monotonic() - started < give_up:
+            try:
+                answer = sock.recv(4096)
+                return time.monotonic() - started, answer
+            except socket.timeout:
+                pass
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                return time.monotonic() - started, b""
+        return None, b""
+
+
+def slow_upload(port, path, head_and_body, rate, stall_after=None, give_up=30.0):
+    """POST `head_and_body` (request head + body bytes) at `rate` bytes/s; stop sending
+    after `stall_after` bytes if given. Return (status or None if cut, seconds taken).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up) as sock:
+        started = time.monotonic()
+        block = max(1, rate // 10)
+        limit = len(head_and_body) if stall_after is None else stall_after
+        sent = 0
+        try:
+            while sent < limit:
+                piece = head_and_body[sent:min(sent + block, limit)]
+                sock.sendall(piece)
+                sent += len(piece)
+                time.sleep(len(piece) / rate)
+            answer = sock.recv(4096)
+        except OSError:
+            answer = b""
+        took = time.monotonic() - started
+        match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+        return (int(match.group(1)) if match else None), took

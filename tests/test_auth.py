@@ -61,3 +61,18 @@ def test_any_listed_key_validates():
 def test_unicode_name_is_utf8_signed():
     token = generate_token(KEYS[0], NOW, "Colección.jpg")
     validate_token(KEYS, 150, token, "Colección.jpg", NOW)
+
+
+@pytest.mark.parametrize("tolerance", [150, None])
+@pytest.mark.parametrize("digits", [21, 4301, 5000])
+def test_huge_timestamp_is_a_token_error(tolerance, digits):
+    # int() refuses more than 4300 digits on Python 3.11+: that was a 500.
+    token = "0" * 32 + ":" + "9" * digits
+    with pytest.raises(TokenError):
+        validate_token(KEYS, tolerance, token, "x", NOW)
+    with pytest.raises(TokenError):
+        validate_token(KEYS, tolerance, token.replace(":", ":-"), "x", NOW)
+
+
+def test_twenty_digit_timestamp_still_validates_without_tolerance():
+    validate_token(KEYS, None, generate_token(KEYS[0], 10 ** 19, "x"), "x", NOW)

@@ -84,7 +84,7 @@ def test_read_exif_groups_tags_like_the_reference(write):
 def test_read_exif_splits_on_the_first_space_only(write, monkeypatch):
     tags = {"Image Tag 0x877A": "x", "EXIF DateTimeOriginal": DATE,
             "JPEGThumbnail": b"\xff\xd8", "Thumbnail Compression": "JPEG"}
-    monkeypatch.setattr(exifread, "process_file", lambda f, **options: tags)
+    monkeypatch.setattr(metadata, "_process", lambda path, **options: tags)
     assert metadata.read_exif(write("a.jpg", b"")) == [
         {"Name": "Image", "Fields": {"Tag 0x877A": "x"}},
         {"Name": "EXIF", "Fields": {"DateTimeOriginal": DATE}},
@@ -141,6 +141,7 @@ def test_exifread_exceptions_are_contained(write, monkeypatch):
     def explode(f, **options):
         raise ZeroDivisionError("bad rational")
     monkeypatch.setattr(exifread, "process_file", explode)
+    monkeypatch.setattr(metadata, "_process_without_thumbnails", explode)  # ExifRead 3.0
     path = write("a.jpg", canon_jpeg())
     assert metadata.read_exif(path) == []
     assert metadata.date_original(path) is None

@@ -64,6 +64,10 @@ class Settings(NamedTuple):
     MAX_CONNECTIONS: int = 1024  # open client connections, all processes together
     METRICS: bool = True  # serve /metrics (Prometheus text) and count for it
     ACCESS_LOG_FORMAT: str = "combined"  # 'combined' (Apache) or 'json' (one object per line)
+    # 'nginx' (X-Accel-Redirect) or 'apache' (X-Sendfile): the front server sends the bytes
+    # of originals and thumbnails once we have checked the request. None: we send them.
+    FILE_OFFLOAD: Optional[str] = None
+    FILE_OFFLOAD_PREFIX: str = "/webassets-internal/"  # nginx's internal location for BASE_DIR
 
     @property
     def public_name(self):
@@ -222,6 +226,13 @@ def _base_dir(value):
     return os.path.abspath(_text(value))
 
 
+def _uri_prefix(value):
+    value = _text(value)
+    if not re.fullmatch(r"/([A-Za-z0-9._~-]+/)+", value) or "/./" in value or "/../" in value:
+        raise ValueError("expected a URI path like /webassets-internal/ (with both slashes)")
+    return value
+
+
 _CONVERTERS = {
     "KEY": _optional(_key),
     "TIME_TOLERANCE": _optional(_integer(0)),
@@ -256,6 +267,8 @@ _CONVERTERS = {
     "MAX_CONNECTIONS": _integer(1, 1000000),
     "METRICS": _boolean,
     "ACCESS_LOG_FORMAT": _choice("combined", "json"),
+    "FILE_OFFLOAD": _optional(_choice("nginx", "apache")),
+    "FILE_OFFLOAD_PREFIX": _uri_prefix,
 }
 
 # Names the reference's Docker image reads (specify/web-asset-server Dockerfile).

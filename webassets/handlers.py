@@ -71,11 +71,12 @@ def fileget(app, request):
     # COMPAT: any type other than T means the original; a missing type too (the reference 500s).
     if query.get("type") == "T":
         path, content_type = _thumbnail(app, coll, name, query.get("scale"))
-        return file_response(request, app.store.open_path(path), content_type)
+        return file_response(request, app.store.open_path(path), content_type,
+                             offload=app.offload)
     handle = app.store.open_original(coll, name)
     disposition = content_disposition(query.get("downloadname"))
     headers = [("Content-Disposition", disposition)] if disposition else []
-    return file_response(request, handle, guess_type(name), headers)
+    return file_response(request, handle, guess_type(name), headers, offload=app.offload)
 
 
 def _upload_fields_ready(fields):
@@ -203,7 +204,8 @@ def static(app, request, path):
     """Serve a file under BASE_DIR for the legacy portal (no token)."""
     _require_static_access(app)
     full = app.store.static_path(path)
-    return file_response(request, app.store.open_path(full), guess_type(full))
+    return file_response(request, app.store.open_path(full), guess_type(full),
+                         offload=app.offload)
 
 
 # ---------------------------------------------------------------------------- monitoring

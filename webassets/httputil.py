@@ -5,13 +5,14 @@ import mimetypes
 import os
 import re
 from http import HTTPStatus
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote
 from wsgiref.util import FileWrapper
 
 from . import errors
 
-__all__ = ["Request", "Response", "file_response", "guess_type", "content_disposition",
-           "http_date", "TEXT_PLAIN"]
+__all__ = ["Request", "Response", "Offload", "file_response", "guess_type",
+           "security_headers", "content_disposition", "http_date", "TEXT_PLAIN"]
 
 TEXT_PLAIN = "text/plain; charset=utf-8"
 FILE_BLOCK = 256 * 1024
@@ -22,7 +23,28 @@ _EXTRA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".webp": "image/we
                 ".tif": "image/tiff", ".tiff": "image/tiff", ".jpg": "image/jpeg",
                 ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                 ".pdf": "application/pdf", ".bmp": "image/bmp", ".txt": "text/plain"}
-_RANGE_RE = re.compile(r"bytes=\s*(\d*)\s*-\s*(\d*)\s*")
+_RANGE_RE = re.compile(r"bytes=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+_DIGITS_RE = re.compile(r"[0-9]+\Z")  # NOTE: str.isdigit() accepts '²', which int() refuses
+MAX_HEADER_DIGITS = 18  # a header number above 10**18 (an exabyte) is "huge", never int()ed
+
+# SECURITY: stored files are anyone's uploads, served from our origin (which is Specify 7's
+# own where a site proxies us behind its nginx). security_headers() is the one place that
+# decides how a served type may behave in a browser; every Response gets its answer.
+NOSNIFF = ("X-Content-Type-Options", "nosniff")  # the type we send is the type it is
+# Images (but SVG) never run script; the sandbox on them is defence in depth only (an
+# image document in a tab or an <object> needs no script and no origin).
+IMAGE_POLICY = "sandbox"
+# Everything else can carry script (HTML, XHTML, SVG, XML, ...) or is unknown: a browser
+# may show it, but only as a sandboxed document (unique origin, no script, forms, popups or
+# plugins) that may load nothing; inline style keeps it legible.
+ACTIVE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+# Types a browser executes as script (<script src>, workers, service workers): the WHATWG
+# "JavaScript MIME type essence" list.
+_SCRIPT_TYPES = frozenset(
+    ["application/ecmascript", "application/javascript", "application/x-ecmascript",
+     "application/x-javascript", "text/ecmascript", "text/javascript", "text/jscript",
+     "text/livescript", "text/x-ecmascript", "text/x-javascript"]
+    + ["text/javascript1.%d" % minor for minor in range(6)])
 
 
 class Request:
@@ -68,9 +90,12 @@ class Request:
             if self.method in ("POST", "PUT"):
                 raise errors.LengthRequired()
             return 0
-        if not value.isdigit():
+        if not _DIGITS_RE.match(value):
             raise errors.BadRequest("Invalid Content-Length.")
-        return int(value)
+        length = _header_int(value)
+        if length is None:
+            raise errors.PayloadTooLarge("Content-Length too large.")
+        return length
 
     @property
     def input(self):
@@ -119,6 +144,8 @@ class Response:
         self.headers = list(headers)
         if content_type is not None:
             self.set_header("Content-Type", content_type)
+            for name, value in security_headers(content_type):
+                self.set_header(name, value)
         if isinstance(body, bytes):
             self.body = [body]
             self.set_header("Content-Length", str(len(body)))
@@ -165,9 +192,34 @@ def guess_type(name):
     if mimetype is None:
         # The reference falls back to text/html; octet-stream is the honest answer.
         return "application/octet-stream"
+    if mimetype in _SCRIPT_TYPES:
+        # SECURITY: with nosniff, a script type is the only one a browser will run from
+        # <script src>, a worker or a service worker (which would then control every page of
+        # our origin): a stored .js is text to look at, never a script of this origin.
+        mimetype = "text/plain"
     if mimetype.startswith("text/"):
         return mimetype + "; charset=UTF-8"
     return mimetype
+
+
+def security_headers(content_type):
+    """Return the headers that keep a response of `content_type` from running script.
+
+    Every response carries nosniff. PDF, audio and video get no CSP at all: no
+    browser runs their content as script of the origin, and a sandbox breaks
+    their viewers (Chromium 156 plays no audio opened in a tab under `sandbox`,
+    and video shares that media document; its older PDF viewer, a plugin,
+    loaded neither under `sandbox` nor under default-src 'none'). Images but
+    SVG get IMAGE_POLICY; all else, unknown types and octet-stream included,
+    ACTIVE_POLICY.
+    """
+    mimetype = content_type.split(";")[0].strip().lower()
+    major, _, minor = mimetype.partition("/")
+    if mimetype == "application/pdf" or major in ("audio", "video"):
+        return [NOSNIFF]
+    if major == "image" and "xml" not in minor and "svg" not in minor:
+        return [NOSNIFF, ("Content-Security-Policy", IMAGE_POLICY)]
+    return [NOSNIFF, ("Content-Security-Policy", ACTIVE_POLICY)]
 
 
 def content_disposition(download_name):
@@ -175,6 +227,11 @@ def content_disposition(download_name):
 
     Only the last path component is kept. SECURITY: the name is
     percent-encoded (RFC 5987 UTF-8), so CR/LF can never reach the header.
+    SECURITY: inline for every type, HTML and SVG included: Specify 7 shows
+    originals in <img> and <object> and opens them in a new tab, where
+    `attachment` would start a download instead each time a record is opened.
+    security_headers() keeps their script from running; saving a file stays a
+    browser's "Save as" or Specify's own Download button.
     """
     name = re.split(r"[/\\]", download_name or "")[-1]
     if not name:
@@ -206,10 +263,27 @@ def _not_modified(request, etag, mtime):
     if since:
         try:
             parsed = email.utils.parsedate_to_datetime(since)
-        except (TypeError, ValueError, IndexError):
-            return False
-        return parsed is not None and int(mtime) <= parsed.timestamp()
+            return parsed is not None and int(mtime) <= parsed.timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False  # a date we cannot read (year 99999, ...): send the file
     return False
+
+
+def _header_int(digits):
+    """Return the value of an ASCII digit string, None above MAX_HEADER_DIGITS digits.
+
+    SECURITY: int() is quadratic in the digits, and refuses more than 4300 on 3.11+.
+    """
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_HEADER_DIGITS else None
+
+
+def _range_bound(digits):
+    """Return a Range bound, None if absent; a huge one is past any file's end."""
+    if not digits:
+        return None
+    value = _header_int(digits)
+    return 10 ** MAX_HEADER_DIGITS if value is None else value
 
 
 def _parse_range(header, size):
@@ -220,33 +294,77 @@ def _parse_range(header, size):
     match = _RANGE_RE.fullmatch(header)
     if match is None or (not match.group(1) and not match.group(2)):
         return None  # multiple or malformed ranges: RFC 7233 lets us send the whole file
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:
+    first, last = _range_bound(match.group(1)), _range_bound(match.group(2))
+    if first is not None:
+        start = first
+        end = min(last, size - 1) if last is not None else size - 1
+        if last is not None and last < start:
             return None
     else:
-        start, end = max(size - int(last), 0), size - 1
-        if int(last) == 0:
+        start, end = max(size - last, 0), size - 1
+        if last == 0:
             raise errors.RangeNotSatisfiable(size)
     if start >= size:
         raise errors.RangeNotSatisfiable(size)
     return start, end
 
 
-def file_response(request, handle, content_type, headers=()):
+class Offload(NamedTuple):
+    """FILE_OFFLOAD: the front server that sends stored files' bytes, and where it finds them."""
+
+    server: str  # 'nginx' (X-Accel-Redirect) or 'apache' (X-Sendfile, mod_xsendfile)
+    base_dir: str  # BASE_DIR, absolute: only files under it are handed over
+    prefix: str = "/webassets-internal/"  # nginx: the internal location aliasing BASE_DIR
+
+    @classmethod
+    def from_settings(cls, settings):
+        """Return the Offload that FILE_OFFLOAD asks for, or None to send files ourselves."""
+        if not settings.FILE_OFFLOAD:
+            return None
+        return cls(settings.FILE_OFFLOAD, settings.BASE_DIR, settings.FILE_OFFLOAD_PREFIX)
+
+    def header(self, path):
+        """Return the (name, value) header that hands `path` to the front server.
+
+        None for a path outside base_dir (it is then sent by us). nginx gets
+        the URI under `prefix`, percent-encoded as UTF-8 (nginx decodes it,
+        so spaces, '%', '?', '#' and non-ASCII survive); Apache gets the
+        absolute path as its bytes (mod_xsendfile 0.12 does not decode).
+        SECURITY: stored names have no control characters (storage.check_name),
+        and the nginx value is pure ASCII, so no value can split the header.
+        """
+        relative = os.path.relpath(os.path.abspath(path), self.base_dir)
+        if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+            return None
+        raw = os.fsencode(path if self.server == "apache" else relative.replace(os.sep, "/"))
+        if any(byte < 32 or byte == 127 for byte in raw):
+            return None
+        if self.server == "apache":
+            # NOTE: PEP 3333 header values are latin-1 str: these are the path's own bytes.
+            return ("X-Sendfile", raw.decode("latin-1"))
+        return ("X-Accel-Redirect", self.prefix + quote(raw, safe="/"))
+
+
+def file_response(request, handle, content_type, headers=(), offload=None):
     """Serve an open binary file: ETag/Last-Modified/304, Range (206/416), HEAD.
 
     Takes ownership of `handle` (it is closed when the response is done).
     The full file goes out through wsgi.file_wrapper, zero-copy where the
-    host offers it.
+    host offers it. With an `offload` (Offload), the answer is an empty 200
+    naming the file to the front server, which then does the conditionals,
+    Range and the sending itself, so a slow reader holds no thread of ours.
     """
+    if offload is not None:
+        header = offload.header(handle.name)
+        if header is not None:
+            handle.close()
+            return Response(b"", 200, content_type, [header] + list(headers))
     stat = os.fstat(handle.fileno())
     size = stat.st_size
     etag = '"%x-%x"' % (stat.st_mtime_ns, size)
+    # The 304 too: a browser merges its headers into the cached 200's.
     common = [("Last-Modified", http_date(stat.st_mtime)), ("ETag", etag),
-              ("Accept-Ranges", "bytes")] + list(headers)
+              ("Accept-Ranges", "bytes")] + list(headers) + security_headers(content_type)
     if _not_modified(request, etag, stat.st_mtime):
         handle.close()
         return Response(status=304, content_type=None, body=[], headers=common)

@@ -1,6 +1,7 @@
 """Image formats: what a file really is, and its pixel size, from its first bytes."""
 
 import logging
+import math
 import os
 import re
 import struct
@@ -22,6 +23,10 @@ SNIFF_BYTES = 4096
 HEIF_META_BYTES = 64 * 1024
 PDF_SCAN_BYTES = 1024 * 1024
 PDF_DEFAULT_PAGE = (612.0, 792.0)  # US Letter in points, when no /MediaBox is found
+# SECURITY: bounds on the header walks, far above what real files hold (a few fill bytes;
+# a few dozen GIF extension sub-blocks before the first frame).
+MAX_JPEG_FILL = 4096
+MAX_GIF_SUBBLOCKS = 16384
 _MEDIA_BOX = re.compile(rb"/MediaBox\s*\[\s*" + rb"\s+".join([rb"([-+0-9.]+)"] * 4) + rb"\s*\]")
 
 
@@ -91,6 +96,7 @@ def _gif_size(f):
     flags = head[10]
     position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     # A frame may be larger than the logical screen: find the first image descriptor.
+    blocks = 0
     for _ in range(256):
         f.seek(position)
         introducer = f.read(2)
@@ -101,7 +107,10 @@ def _gif_size(f):
         if introducer[:1] != b"!":
             break
         position += 2
-        for _ in range(4096):  # extension sub-blocks, ended by a zero size
+        while True:  # extension sub-blocks, ended by a zero size
+            blocks += 1
+            if blocks > MAX_GIF_SUBBLOCKS:  # SECURITY: bounded work for any file
+                return width, height
             f.seek(position)
             size = f.read(1)[0]
             position += 1 + size
@@ -112,17 +121,24 @@ def _gif_size(f):
 
 def _jpeg_size(f):
     f.seek(2)
+    fill = 0
     for _ in range(1024):
         if f.read(1) != b"\xff":
             return None
         marker = f.read(1)[0]
         while marker == 0xFF:
+            # SECURITY: fill bytes may run for the whole file; real files have a few at most.
+            fill += 1
+            if fill > MAX_JPEG_FILL:
+                return None
             marker = f.read(1)[0]
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:
             continue
         if marker in (0xD9, 0xDA):
             return None
         length = struct.unpack(">H", f.read(2))[0]
+        if length < 2:
+            return None  # would step back into the segment header
         if marker in JPEG_SOF_MARKERS:
             height, width = struct.unpack(">HH", f.read(5)[1:5])
             return width, height
@@ -193,6 +209,8 @@ def read_pdf_page_size(path: str) -> Tuple[float, float]:
             x1, y1, x2, y2 = (float(number) for number in match.groups())
         except ValueError:
             return PDF_DEFAULT_PAGE
-        if abs(x2 - x1) >= 1 and abs(y2 - y1) >= 1:
-            return abs(x2 - x1), abs(y2 - y1)
+        width, height = abs(x2 - x1), abs(y2 - y1)
+        # float() turns 400 digits into inf: such a box is as good as none.
+        if 1 <= width < math.inf and 1 <= height < math.inf:
+            return width, height
     return PDF_DEFAULT_PAGE

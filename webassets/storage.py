@@ -20,6 +20,19 @@ TEMP_PREFIXES = (UPLOAD_PREFIX, ".thumb-")
 COPY_CHUNK = 1024 * 1024
 
 
+def _process_umask():
+    """Return the process's umask (read by setting it, so call it before threads start)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Stored files get open()'s mode (0666 less the umask), not mkstemp's private 0600:
+# with FILE_OFFLOAD the front server reads them as another user, through the group
+# (the systemd unit's UMask=0027 makes them 0640).
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 class StorageError(Exception):
     """Base of the storage errors."""
 
@@ -78,6 +91,7 @@ class StagedFile:
         os.makedirs(directory, exist_ok=True)
         fd, self.path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".tmp", dir=directory)
         self.file = os.fdopen(fd, "wb")
+        os.fchmod(fd, FILE_MODE)
         self.size = 0
 
     def write(self, data):

@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ except ImportError:  # not POSIX: single flight holds within one process only
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
 
 __all__ = [
-    "ThumbnailError", "NotThumbnailable", "BadScale", "Busy",
+    "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
     "parse_scale", "thumbnail_name", "is_thumbnail_of", "output_format",
     "jpeg_size_hint", "convert_args", "ghostscript_args",
     "pdf_resolution", "run_command", "Thumbnailer", "NullObserver",
@@ -63,6 +64,10 @@ DEFAULT_RESOURCE_LIMITS = (("memory", "512MiB"), ("map", "1GiB"), ("disk", "4GiB
 PROBE_TIMEOUT = 20
 LOCK_STRIPES = 64  # lock files in lock_dir; targets share them by a hash of their path
 STDERR_LOG_CHARS = 2000
+# A failed render on a filesystem with less free space than this is put down to a full disk.
+DISK_FULL_BYTES = 1024 * 1024
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_MESSAGE = "no space left to write the thumbnail"
 
 # SECURITY: ImageMagick expands these in file names ('%d' scene numbers, globs, '[...]'
 # subimage specs) and Ghostscript expands '%' in its output file; such paths never reach argv.
@@ -81,6 +86,10 @@ class NotThumbnailable(ThumbnailError):
 
 class BadScale(ThumbnailError):
     """The requested scale is missing, not a positive integer, or too large."""
+
+
+class DiskFull(ThumbnailError):
+    """The thumbnail directory's filesystem is full; nothing was published, retry later."""
 
 
 class Busy(ThumbnailError):
@@ -309,8 +318,8 @@ class Thumbnailer:
         """Ensure `target_path` holds a thumbnail of `source_path`; return its content type.
 
         Renders when the target is missing or older than the source. Raise FileNotFoundError
-        (no source), NotThumbnailable, ThumbnailError (conversion failed, now or within
-        failure_ttl) or Busy (queue full).
+        (no source), NotThumbnailable, DiskFull (no room to write it; not remembered),
+        ThumbnailError (conversion failed, now or within failure_ttl) or Busy (queue full).
         """
         mtime_ns = os.stat(source_path).st_mtime_ns
         target_path = os.path.abspath(target_path)
@@ -388,7 +397,8 @@ class Thumbnailer:
                         self._convert(job)
         except BaseException as ex:
             flight.error = ex
-            if isinstance(ex, ThumbnailError):
+            # A full disk is the store's fault, not the file's: try again once there is room.
+            if isinstance(ex, ThumbnailError) and not isinstance(ex, DiskFull):
                 self._remember_failure(job, ex)
             raise
         finally:
@@ -459,29 +469,40 @@ class Thumbnailer:
                                  % (width, height, self.max_pixels))
 
     def _render(self, job: _Job) -> None:
-        """Render into a private '.thumb-*.tmp' dir beside the target, then publish atomically."""
+        """Render into a private '.thumb-*.tmp' dir beside the target, then publish atomically.
+
+        Raise DiskFull when the target's filesystem has no room (the work dir is removed).
+        """
         target_dir = os.path.dirname(job.target)
-        os.makedirs(target_dir, exist_ok=True)
-        workdir = tempfile.mkdtemp(prefix=".thumb-", suffix=".tmp", dir=target_dir)
+        with _disk_full_as_error(target_dir):
+            os.makedirs(target_dir, exist_ok=True)
+            workdir = tempfile.mkdtemp(prefix=".thumb-", suffix=".tmp", dir=target_dir)
         try:
-            if _IM_SPECIAL.search(workdir):
-                raise ThumbnailError("thumbnail directory name has characters ImageMagick "
-                                     "interprets: %r" % target_dir)
-            source = _safe_source(job.source, workdir)
-            out = os.path.join(workdir, "out")
-            out_fmt = output_format(job.target)
-            if job.fmt == "pdf":
-                self._render_pdf(source, workdir, out, out_fmt, job.scale)
-            else:
-                self._call(convert_args(self.convert, source, job.fmt, out, out_fmt, job.scale,
-                                        self.limits, job.size))
-            self._check_output(out, out_fmt)
-            if os.stat(out).st_mtime_ns < job.mtime_ns:
-                # A source dated in the future must not leave its thumbnail stale forever.
-                os.utime(out, ns=(job.mtime_ns, job.mtime_ns))
-            os.replace(out, job.target)
+            # Inside the try: the free space is judged while the partial output still fills
+            # the disk, before the work dir is removed.
+            with _disk_full_as_error(target_dir):
+                self._render_in(job, workdir, target_dir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _render_in(self, job: _Job, workdir: str, target_dir: str) -> None:
+        """Convert job.source into `workdir`, check the output, rename it onto the target."""
+        if _IM_SPECIAL.search(workdir):
+            raise ThumbnailError("thumbnail directory name has characters ImageMagick "
+                                 "interprets: %r" % target_dir)
+        source = _safe_source(job.source, workdir)
+        out = os.path.join(workdir, "out")
+        out_fmt = output_format(job.target)
+        if job.fmt == "pdf":
+            self._render_pdf(source, workdir, out, out_fmt, job.scale)
+        else:
+            self._call(convert_args(self.convert, source, job.fmt, out, out_fmt, job.scale,
+                                    self.limits, job.size))
+        self._check_output(out, out_fmt)
+        if os.stat(out).st_mtime_ns < job.mtime_ns:
+            # A source dated in the future must not leave its thumbnail stale forever.
+            os.utime(out, ns=(job.mtime_ns, job.mtime_ns))
+        os.replace(out, job.target)
 
     def _render_pdf(self, source: str, workdir: str, out: str, out_fmt: str, scale: int) -> None:
         # NOTE: a page has no pixel size; render it straight at the requested size with
@@ -497,6 +518,9 @@ class Thumbnailer:
             self._call(convert_args(self.convert, page, "png", out, out_fmt, scale, self.limits))
 
     def _check_output(self, path: str, fmt: str) -> Tuple[int, int]:
+        if _free_bytes(os.path.dirname(path)) < DISK_FULL_BYTES:
+            # Ghostscript exits 0 when its write fails: a full disk may have cut this short.
+            raise DiskFull(DISK_FULL_MESSAGE)
         try:
             with open(path, "rb") as f:
                 size = read_dimensions(f, fmt)
@@ -552,6 +576,33 @@ class Thumbnailer:
             logger.warning("%s exited with %s", subprocess.list2cmdline(argv), result.returncode)
             return None
         return (result.stdout or b"").decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def _disk_full_as_error(directory: str):
+    """Turn ENOSPC, or a converter failure on a full filesystem, into DiskFull."""
+    try:
+        yield
+    except OSError as ex:
+        if ex.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFull(DISK_FULL_MESSAGE) from ex
+    except ThumbnailError as ex:
+        # NOTE: ImageMagick and Ghostscript report a failed write as their own error, never
+        # as ENOSPC ("WriteBlob Failed"); only the filesystem's free space tells.
+        if isinstance(ex, DiskFull) or _free_bytes(directory) >= DISK_FULL_BYTES:
+            raise
+        logger.error("Thumbnail failed on a full disk (%s): %s", directory, ex)
+        raise DiskFull(DISK_FULL_MESSAGE) from ex
+
+
+def _free_bytes(directory: str) -> float:
+    """Return the bytes an unprivileged writer may still use in `directory`'s filesystem."""
+    try:
+        info = os.statvfs(directory)
+    except (AttributeError, OSError):  # no statvfs (Windows), or the directory is gone
+        return math.inf
+    return info.f_bavail * info.f_frsize
 
 
 def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:

@@ -142,8 +142,10 @@ class Supervisor:
         for pid, slot, started, status in self._exited():
             lived = time.monotonic() - started
             self.failures[slot] = self.failures[slot] + 1 if lived < STABLE_SECONDS else 0
-            delay = (0.0 if not self.failures[slot] else
-                     min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self.failures[slot] - 1)))
+            # One death is replaced at once, however young the worker was (a kill -9, the
+            # OOM killer); only a worker that keeps dying young waits 0.5 s, 1 s, ... 30 s.
+            delay = (0.0 if self.failures[slot] <= 1 else
+                     min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self.failures[slot] - 2)))
             self.due[slot] = time.monotonic() + delay
             logger.warning("Worker process %d %s; restarting it in %.1f s",
                            pid, _describe_exit(status), delay)
