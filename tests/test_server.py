@@ -697,6 +697,7 @@ def test_connections_beyond_the_limit_get_503_and_are_closed(quiet):
         status, response, body = read_response(extra)
         assert (status, response.getheader("Connection")) == (503, "close")
         assert response.getheader("Retry-After") and body.startswith(b"Too many connections")
+        assert response.getheader("X-Content-Type-Options") == "nosniff"
         assert is_closed_by_peer(extra, WAIT)
         held.pop().close()
         time.sleep(0.1)
@@ -715,5 +716,8 @@ def test_oversized_request_heads_are_refused(quiet, head, status):
             sock.sendall(head)
         except ConnectionResetError:
             pass  # closed while we were still sending: the answer came first
-        assert read_response(sock)[0] == status
+        status_got, response, _ = read_response(sock)
+        assert status_got == status
+        assert response.getheader("X-Content-Type-Options") == "nosniff"
+        assert "sandbox" in response.getheader("Content-Security-Policy")
         assert served_promptly(server) < 1.0

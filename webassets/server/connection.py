@@ -1,5 +1,6 @@
 """One HTTP/1.1 client connection: its socket, the request head and body, and the response."""
 
+import collections
 import io
 import logging
 import os
@@ -31,6 +32,9 @@ MAX_LINE = 65536               # longest request line, as in http.server
 MAX_HEAD = 64 * 1024           # longest request head (line and headers)
 KEEPALIVE_WAIT = 0.002         # how long a thread waits for a kept-alive client's next request
 
+# On the server's own error pages (400, 408, 411, 414, 431, 503), which the app never sees.
+SAFE_ERROR_HEADERS = (("X-Content-Type-Options", "nosniff"),
+                      ("Content-Security-Policy", "default-src 'none'; sandbox"))
 # A client that hangs up or stalls: nobody is left to read an error page.
 CLIENT_ERRORS = (BrokenPipeError, ConnectionAbortedError, ConnectionResetError, socket.timeout)
 
@@ -89,25 +93,43 @@ class Slots:
     """The request slots: how many requests of a process may run Python code at once.
 
     A thread takes a slot before it runs the app and gives it back while it waits on its
-    client (see Channel), so a slow client costs a thread and a socket but no slot.
+    client (see Channel), so a slow client costs a thread and a socket but no slot. Slots
+    are handed over first come, first served: a thread that gives one back and asks again
+    at once (keep-alive) must not overtake the threads already waiting, or their requests
+    wait for ever longer.
     """
 
     def __init__(self, count: int):
-        self._semaphore = threading.Semaphore(count)
         self.count = count
+        self._free = count
+        self._lock = threading.Lock()
+        self._waiters = collections.deque()  # one locked Lock per waiting thread
 
     def __enter__(self):
-        self._semaphore.acquire()
+        self.acquire()
         return self
 
     def __exit__(self, *exc_info):
-        self._semaphore.release()
+        self.release()
 
     def acquire(self):
-        self._semaphore.acquire()
+        """Take a slot, waiting behind the threads that asked first."""
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # release() hands this thread the slot directly
 
     def release(self):
-        self._semaphore.release()
+        """Give the slot back: to the longest-waiting thread, if any."""
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
 
 
 class Channel:
@@ -620,6 +642,13 @@ class Connection(wsgiref.simple_server.WSGIRequestHandler):
         """Defer "100 Continue" to the app's first read: an early 403 or 413 saves the upload."""
         self._expect_continue = True
         return True
+
+    def end_headers(self):
+        """End the head of one of the server's own error pages (the app's go through WSGI)."""
+        # SECURITY: such a page can echo client text; it never runs script or gets sniffed.
+        for name, value in SAFE_ERROR_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
 
     def log_request(self, code="-", size="-"):
         """Write the access log line: Apache combined, then the request id and duration."""

@@ -18,14 +18,14 @@ logger = logging.getLogger("webassets.server")
 
 SHUTDOWN_TIMEOUT = 30.0        # how long shutdown() waits for in-flight requests
 ACCEPT_BACKOFF = 0.1           # pause after accept() fails, e.g. out of file descriptors
-ACCEPT_BATCH = 64              # connections accepted per wake-up, so heads are read meanwhile
+ACCEPT_BATCH = 1               # connections accepted per wake-up: the other processes take the rest
 THREAD_IDLE = 30.0             # a pool thread above `workers` idle this long exits
 RECV_SIZE = 16 * 1024          # one read of a request head
 REFUSAL_LOG_INTERVAL = 10.0    # at most one warning this often about refused connections
 # Sent, without reading the request, to a client beyond the connection limit.
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 43\r\n\r\n"
-            b"Too many connections; try again in a moment\n")
+            b"X-Content-Type-Options: nosniff\r\nRetry-After: 5\r\nConnection: close\r\n"
+            b"Content-Length: 45\r\n\r\nToo many connections; try again in a moment.\n")
 
 
 class _Pool:
