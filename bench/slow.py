@@ -316,6 +316,7 @@ def run_variant(ctx, variant, names, store):
     logger.info("Slow clients, %s: quiet probe for %d s", variant.label,
                 params["slow_floor_seconds"])
     quiet = probe(variant.port, variant.paths, expected, params["slow_floor_seconds"])
+    rss_quiet = _rss_kib(variant)
     attack = Attack(ctx.run_dir, variant.label, _spec(variant.port, variant, names))
     began = time.monotonic()
     try:
@@ -328,6 +329,7 @@ def run_variant(ctx, variant, names, store):
                     params["slow_seconds"])
         loaded = probe(variant.port, variant.paths, expected, params["slow_seconds"])
         during = attack.last
+        rss_loaded = _rss_kib(variant)
     finally:
         final = attack.stop()
     wall = time.monotonic() - began
@@ -336,7 +338,14 @@ def run_variant(ctx, variant, names, store):
     return {"label": variant.label, "note": variant.note, "quiet": quiet, "loaded": loaded,
             "attack_at_probe_start": at_start, "attack_at_probe_end": during,
             "attack_final": final, "attack_wall_seconds": wall,
-            "server_connections_after_teardown": left}
+            "server_connections_after_teardown": left,
+            "rss_kib": {"quiet": rss_quiet, "loaded": rss_loaded}}
+
+
+def _rss_kib(variant):
+    """Return the RSS in KiB of the webassets processes of a variant (None if none)."""
+    sizes = [server.rss_kib() for server in variant.servers if server.name.startswith("webassets")]
+    return sum(sizes) if sizes else None
 
 
 def slow_clients(ctx):
@@ -410,6 +419,12 @@ def _rows(ctx, variant, result):
     asked = sum(kind["target"] for kind in kinds.values())
     ctx.row(case, "slow connections open at the probe's end", open_now, "count",
             "slow connections asked", asked)
+    rss = result["rss_kib"]
+    if rss["quiet"] and rss["loaded"] and open_now:
+        # Memory bound: what each open slow connection costs the webassets processes.
+        ctx.row(case, "webassets RSS per slow connection (%.0f -> %.0f MiB)"
+                % (rss["quiet"] / 1024.0, rss["loaded"] / 1024.0),
+                (rss["loaded"] - rss["quiet"]) / float(open_now), "KiB", ratio=None)
 
 
 def _ms(value):

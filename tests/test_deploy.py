@@ -171,6 +171,17 @@ def apache():
         deploy_util.remove_root(root)
 
 
+def upload_8_mib(client):
+    """Upload 8 MiB of random bytes as Specify 7 does; return (store name, its sha256 hex)."""
+    backend = Sp7Backend(client)
+    backend.init()
+    store = str(uuid.uuid4()) + ".bin"
+    chunks, headers, expected = deploy_util.streamed_sp7_upload(
+        store, backend.generate_token(store), os.urandom(BIG_BLOCK), NGINX_BLOCKS)
+    expect(client.request("POST", "/fileupload", body=chunks, headers=headers), 200, "8 MiB")
+    return store, expected
+
+
 @needs_deploy
 @pytest.mark.parametrize("mount", ["", "/assets"])
 def test_apache_lifecycles(apache, jpeg, mount):
@@ -353,12 +364,7 @@ def test_nginx_unbuffered_large_upload_and_download(nginx):
     temporary file; it must not have.
     """
     client, _, process = nginx[:3]
-    backend = Sp7Backend(client)
-    backend.init()
-    store = str(uuid.uuid4()) + ".bin"
-    chunks, headers, expected = deploy_util.streamed_sp7_upload(
-        store, backend.generate_token(store), os.urandom(BIG_BLOCK), NGINX_BLOCKS)
-    expect(client.request("POST", "/fileupload", body=chunks, headers=headers), 200, "8 MiB")
+    store, expected = upload_8_mib(client)
     digest, started = hashlib.sha256(), []
 
     def slow_start(chunk):
@@ -382,12 +388,7 @@ def test_nginx_offload_sends_originals_and_thumbnails(nginx_offload, jpeg):
     X-Accel-Redirect, and webassets itself sent no byte of any of them."""
     client, _, _, app, store_dir = nginx_offload
     check_offloaded_downloads(client, store_dir, jpeg)
-    backend = Sp7Backend(client)
-    backend.init()
-    store = str(uuid.uuid4()) + ".bin"
-    chunks, headers, expected = deploy_util.streamed_sp7_upload(
-        store, backend.generate_token(store), os.urandom(BIG_BLOCK), NGINX_BLOCKS)
-    expect(client.request("POST", "/fileupload", body=chunks, headers=headers), 200, "8 MiB")
+    store, expected = upload_8_mib(client)
     digest = hashlib.sha256()
     expect(client.request("GET", "/fileget", query=signed(store, type="O"), sink=digest.update),
            200, "8 MiB download")
