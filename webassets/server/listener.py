@@ -1,7 +1,7 @@
 """The listening socket of one process: accept, read request heads, and the request pool."""
 
+import collections
 import logging
-import queue
 import selectors
 import socket
 import socketserver
@@ -39,55 +39,60 @@ class _Pool:
         self._keep = keep
         self._limit = limit
         self._serve = serve
-        self._queue = queue.Queue()
-        self._lock = threading.Lock()
-        self._idle = 0  # threads waiting for work that no submit() has claimed yet
+        self._items = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._waiting = 0  # threads waiting for an item
         self._threads = set()
         self._number = 0
+        self._stopping = False
 
     def submit(self, item) -> None:
         """Hand `item` to an idle thread, a new one, or (at the limit) the next one free."""
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
+        with self._ready:
+            self._items.append(item)
+            if self._waiting >= len(self._items):
+                self._ready.notify()
             elif len(self._threads) < self._limit:
                 self._number += 1
                 thread = threading.Thread(target=self._work, daemon=True,
                                           name="webassets-request-%d" % self._number)
                 self._threads.add(thread)
                 thread.start()
-        self._queue.put(item)
 
     def stop(self, timeout: float) -> int:
         """Let the threads finish their connections; return how many were still busy."""
-        with self._lock:
+        with self._ready:
+            self._stopping = True
             threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
+            self._ready.notify_all()
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         return sum(1 for thread in threads if thread.is_alive())
 
-    def _work(self):
+    def _next(self):
+        """Return the next item, or None when this thread should end."""
         me = threading.current_thread()
-        while True:
-            try:
-                item = self._queue.get(timeout=THREAD_IDLE)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle and len(self._threads) > self._keep:
-                        self._idle -= 1
-                        self._threads.discard(me)
-                        return
-                continue
-            if item is None:
-                with self._lock:
+        with self._ready:
+            while not self._items:
+                if self._stopping:
                     self._threads.discard(me)
-                return
+                    return None
+                self._waiting += 1
+                try:
+                    woken = self._ready.wait(THREAD_IDLE)
+                finally:
+                    self._waiting -= 1
+                if not woken and not self._items and len(self._threads) > self._keep:
+                    self._threads.discard(me)
+                    return None
+            return self._items.popleft()
+
+    def _work(self):
+        item = self._next()
+        while item is not None:
             self._serve(item)
-            with self._lock:
-                self._idle += 1
+            item = self._next()
 
 
 class WSGIServer(wsgiref.simple_server.WSGIServer):
