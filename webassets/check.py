@@ -84,8 +84,9 @@ def _settings_section(screen, settings):
     screen.section("Settings")
     screen.item("ok", "valid")
     screen.item("info", "Specify attachment.url = %s/web_asset_store.xml" % public_base(settings))
-    screen.item("info", "listening on %s:%d with %d process(es) x %d threads"
-                % (settings.BIND_ADDRESS, settings.PORT, settings.processes, settings.WORKERS))
+    screen.item("info", "listening on %s:%d with %d process(es) x %d request slots, at most %d "
+                "connections" % (settings.BIND_ADDRESS, settings.PORT, settings.processes,
+                                 settings.WORKERS, settings.MAX_CONNECTIONS))
     sizes = settings.THUMBNAIL_SIZES
     screen.item("info", "thumbnail sizes: %s" % (", ".join(map(str, sizes)) if sizes else
                                                  "any up to MAX_SCALE = %d" % settings.MAX_SCALE))
