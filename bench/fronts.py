@@ -63,30 +63,11 @@ _APACHE_MODULES = (
     ("xsendfile_module", "mod_xsendfile.so", "XSendFile"),
 )
 
-# What Debian's nginx.conf sets around a site file, as far as it matters here.
-_NGINX = """daemon off;
-master_process on;
-{user}
-worker_processes auto;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 768; }}
-http {{
-    sendfile on;
-    tcp_nopush on;
-    types_hash_max_size 2048;
+# What Debian's nginx.conf adds around a site file, as far as it matters here.
+_NGINX_SITE = """    types_hash_max_size 2048;
     {mime}
-    default_type application/octet-stream;
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
     # ---- {shipped}, plain HTTP, with this run's paths:
-{site}
-}}
-"""
+{site}"""
 
 
 def shipped_apache_site(settings, store, text=None):
@@ -193,14 +174,9 @@ def start_shipped_nginx(processes, run_dir, backend_port, store):
         return None
     port = procs.free_port()
     prefix = os.path.join(run_dir, "nginx-front")
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        os.makedirs(os.path.join(prefix, "tmp", sub), exist_ok=True)
     site = shipped_nginx_site(port, backend_port, store)
     mime = "include /etc/nginx/mime.types;" if os.path.exists("/etc/nginx/mime.types") else ""
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(_NGINX.format(prefix=prefix, user=user, mime=mime, site=site,
-                              shipped=os.path.relpath(SHIPPED_NGINX, REPO)))
+    conf = procs.write_nginx_conf(prefix, _NGINX_SITE.format(
+        mime=mime, site=site, shipped=os.path.relpath(SHIPPED_NGINX, REPO)), connections=768)
     argv = [nginx, "-e", os.path.join(prefix, "error.log"), "-p", prefix, "-c", conf]
     return processes.start("nginx-front", argv, port, stop_signal=signal.SIGQUIT)

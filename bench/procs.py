@@ -37,27 +37,44 @@ master_process on;
 worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
     default_type application/octet-stream;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     fastcgi_temp_path {prefix}/tmp/fastcgi;
     uwsgi_temp_path {prefix}/tmp/uwsgi;
     scgi_temp_path {prefix}/tmp/scgi;
+{http}
+}}
+"""
+
+_NGINX_STATIC = """    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
     server {{
         listen {host}:{port} backlog=4096;
         root {root};
         location / {{ }}
-    }}
-}}
-"""
+    }}"""
+
+
+def write_nginx_conf(prefix, http, connections=4096):
+    """Write `prefix`/nginx.conf for an nginx in the foreground under `prefix`; return its path.
+
+    `http` goes inside the http block, after what every nginx of the benchmark shares.
+    """
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(prefix, "tmp", sub), exist_ok=True)
+    # Workers run as 'nobody' under a root master unless told otherwise; the files are ours.
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(_NGINX.format(prefix=prefix, user=user, connections=connections, http=http))
+    return conf
 
 
 _APACHE = """ServerRoot "{prefix}"
@@ -292,13 +309,7 @@ def start_nginx(procs, run_dir, root, name="nginx"):
         return None
     port = free_port()
     prefix = os.path.join(run_dir, name)
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        os.makedirs(os.path.join(prefix, "tmp", sub), exist_ok=True)
-    conf = os.path.join(prefix, "nginx.conf")
-    # Workers run as 'nobody' under a root master unless told otherwise; the files are ours.
-    user = "user root;" if os.geteuid() == 0 else ""
-    with open(conf, "w") as f:
-        f.write(_NGINX.format(prefix=prefix, host=HOST, port=port, root=root, user=user))
+    conf = write_nginx_conf(prefix, _NGINX_STATIC.format(host=HOST, port=port, root=root))
     argv = [nginx, "-e", os.path.join(prefix, "error.log"), "-p", prefix, "-c", conf]
     return procs.start(name, argv, port, stop_signal=signal.SIGQUIT)
 
