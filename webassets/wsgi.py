@@ -1,10 +1,31 @@
-"""WSGI entry point for Apache mod_wsgi, uWSGI, gunicorn: `webassets.wsgi:application`."""
+"""WSGI entry point: the module `webassets.wsgi:application`, or this file as a mod_wsgi script."""
 
 import logging
 import os
+import sys
 import threading
 
-from . import config
+if __package__:
+    from . import config
+else:
+    # mod_wsgi's WSGIScriptAlias (like `python wsgi.py`) runs this file as a script, outside
+    # its package, where `from . import` fails: import the package this file belongs to by
+    # its path and serve its `application` (one app per settings file, however loaded).
+    _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+    sys.path.insert(0, os.path.dirname(_PACKAGE_DIR))
+    try:
+        import webassets
+        from webassets import config, wsgi as _package_wsgi
+    except ImportError as ex:
+        raise ImportError("%s was loaded as a script file, but the webassets package around it "
+                          "cannot be imported (%s); point WSGIScriptAlias at the wsgi.py inside "
+                          "an installed or checked-out webassets package" % (__file__, ex)) from ex
+    finally:
+        del sys.path[0]
+    if os.path.dirname(os.path.realpath(webassets.__file__)) != _PACKAGE_DIR:
+        raise ImportError("%s was loaded as a script file, but this process already imported "
+                          "webassets from %s: one process serves one copy of webassets"
+                          % (__file__, os.path.dirname(webassets.__file__)))
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +55,7 @@ def application(environ, start_response):
     """
     path = environ.get("WEBASSETS_SETTINGS") or os.environ.get("WEBASSETS_SETTINGS", "")
     return _app_for(path)(environ, start_response)
+
+
+if not __package__:
+    application = _package_wsgi.application  # noqa: F811  (the package's, see the top)
