@@ -236,7 +236,7 @@ def test_container_stops_cleanly_on_sigterm(container):
 
 
 @needs_deploy
-def test_container_refuses_to_start_without_a_key(image, tmp_path):
+def test_container_refuses_to_start_without_a_key(image):
     """Like the reference's image (KeyError), it will not serve with a well-known key."""
     inspected, rootfs, _ = image
     env = {name: value for name, value in SPECIFY7_ENV.items() if name != "ATTACHMENT_KEY"}
