@@ -79,12 +79,12 @@ def container_missing():
     return None
 
 
-def run(argv, log, timeout=BUILD_TIMEOUT, **kwargs):
+def run(argv, log, timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL):
     """Run a command with its output appended to the open file `log`; raise on failure."""
     log.write(("\n$ %s\n" % " ".join(argv)).encode("utf-8"))
     log.flush()
-    subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                   timeout=timeout, check=True, **kwargs)
+    subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=stdin, timeout=timeout,
+                   check=True)
 
 
 def podman(*args):
@@ -153,7 +153,7 @@ def make_base_image(name, log):
                     continue
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path)
-                else:
+                elif os.path.lexists(path):  # NOTE: gone already if reached through a link
                     os.unlink(path)
         tar = subprocess.Popen(["tar", "--numeric-owner", "-C", rootfs, "-c", "."],
                                stdout=subprocess.PIPE)
@@ -321,7 +321,7 @@ class Container:
         """Run argv in the container as its user (like `docker exec`); return (status, output)."""
         pid = self.init_pid()
         command = [which("nsenter"), "--target", str(pid), "--mount", "--pid", "--net",
-                   "--root", "--wd=" + self.workdir, "--setuid", str(self.uid),
+                   "--root", "--wd", "--setuid", str(self.uid),
                    "--setgid", str(self.gid), "--", "/usr/bin/env", "-i"]
         command += ["%s=%s" % item for item in sorted(self.env.items())] + list(argv)
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -12,16 +13,18 @@ import uuid
 import pytest
 
 from tests import container_util, deploy_util
-from tests.helpers import KEY, sp7_upload, token
+from tests.helpers import sp7_upload, token
 from tests.lifecycle import HTTPClient, expect, sp6_lifecycle, sp7_lifecycle
 from webassets import samples, server
 
 logger = logging.getLogger(__name__)
 
 needs_deploy = deploy_util.needs_deploy
-# Specify 7's docker-compose.yml gives the reference's image exactly this (PROTOCOL.md 1).
+# Specify 7's docker-compose.yml gives the reference's image exactly this (PROTOCOL.md 1);
+# a fresh key, as a site's ASSET_SERVER_KEY (`check` fails the reference's example key).
+ASSET_SERVER_KEY = secrets.token_urlsafe(32)
 SPECIFY7_ENV = {"SERVER_NAME": "host.docker.internal", "SERVER_PORT": "80",
-                "ATTACHMENT_KEY": KEY, "DEBUG_MODE": "false"}
+                "ATTACHMENT_KEY": ASSET_SERVER_KEY, "DEBUG_MODE": "false"}
 SPECIFY7_PUBLIC_BASE = "http://host.docker.internal:80"
 VOLUME = "/home/specify/attachments"
 IMAGE_UID = 999  # the reference image's user and group
@@ -156,8 +159,10 @@ def test_container_specify_lifecycles(container):
     """Specify 7 and 6 work against the container configured as Specify 7's compose does it."""
     jpeg = samples.sample("jpeg")[1]
     client = HTTPClient("http://127.0.0.1:8080")
-    container.call(sp7_lifecycle, client, jpeg, public_base=SPECIFY7_PUBLIC_BASE)
-    container.call(sp6_lifecycle, client, jpeg, public_base=SPECIFY7_PUBLIC_BASE)
+    container.call(sp7_lifecycle, client, jpeg, public_base=SPECIFY7_PUBLIC_BASE,
+                   key=ASSET_SERVER_KEY)
+    container.call(sp6_lifecycle, client, jpeg, public_base=SPECIFY7_PUBLIC_BASE,
+                   key=ASSET_SERVER_KEY)
     # The volume the reference left: its files are served, new ones are written as 999.
     old = container.call(client.request, "GET", "/fileget",
                          {"type": "O", "filename": LEGACY_NAME})
@@ -202,7 +207,8 @@ def test_container_logs_go_to_standard_error(container):
 def _upload_across_sigterm(container):
     """Send half an upload, SIGTERM the container, send the rest; return the status line."""
     store = str(uuid.uuid4()) + ".bin"
-    body, headers = sp7_upload(store, os.urandom(256 * 1024), token(store))
+    body, headers = sp7_upload(store, os.urandom(256 * 1024),
+                               token(store, key=ASSET_SERVER_KEY))
     head = "POST /fileupload HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + "".join(
         "%s: %s\r\n" % item for item in sorted(dict(headers, **{
             "Content-Length": str(len(body))}).items()))
