@@ -293,6 +293,7 @@ def start_apache(root, replace=(), install=install_checkout, **settings):
     if check.returncode != 0:
         raise RuntimeError("apache2 -t rejects the configuration:\n" + output)
     env = dict(os.environ, LANG="C")  # as Debian's /etc/apache2/envvars sets it
+    env.pop("PYTHONPATH", None)  # the daemon finds webassets only where the install put it
     process = Process("apache2", [which("apache2"), "-f", conf, "-DFOREGROUND"],
                       root + "/apache/console.log", env=env)
     process.wait_port(port, extra_logs=(root + "/apache/error.log",))

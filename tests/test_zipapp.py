@@ -140,7 +140,8 @@ def test_pyz_serves_both_lifecycles_isolated(pyz, python, tmp_path):
         assert process.popen.wait(deploy_util.STOP_TIMEOUT) == 0, process.logs()
     finally:
         process.stop()
-    log = process.logs()
+    with open(process.log_path, encoding="utf-8", errors="replace") as handle:
+        log = handle.read()
     assert "listening on 127.0.0.1:%d (2 process(es)" % port in log and "Traceback" not in log, log
 
 
@@ -188,8 +189,8 @@ def test_pyz_under_mod_wsgi(pyz):
     reason = deploy_util.apache_missing()
     if reason:
         pytest.skip(reason)
-    probe = subprocess.call([deploy_util.SYSTEM_PYTHON, "-c", "import webassets"],
-                            stderr=subprocess.DEVNULL)
+    probe = subprocess.call([deploy_util.SYSTEM_PYTHON, "-I", "-c", "import webassets"],
+                            stderr=subprocess.DEVNULL, cwd="/")
     assert probe != 0, "the system Python has its own webassets: the test would prove nothing"
     root = deploy_util.make_root()
     process = None
