@@ -76,6 +76,10 @@ def container_missing():
             return "%s is not installed (Debian: %s)" % (tool, package)
     if debian_mirror() is None:
         return "no Debian mirror in /etc/apt/sources.list* for debootstrap"
+    probe = subprocess.call([which("unshare"), "--mount", "--pid", "--net", "--fork", "true"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if probe != 0:
+        return "this machine allows no new mount, PID and network namespaces"
     return None
 
 
