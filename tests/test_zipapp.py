@@ -169,6 +169,11 @@ def test_pyz_every_command_isolated(pyz, python, tmp_path):
     assert json.loads(output)
     status, output = run_pyz(python, pyz, "--help", cwd=root)
     assert status == 0 and "serve" in output
+    # -I leaves the interpreter's own site-packages on the path: ExifRead must be the archive's.
+    done = subprocess.run([python, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "import exifread; print(exifread.__file__)", pyz],
+                          stdout=subprocess.PIPE, env=CLEAN_ENV, cwd=root)
+    assert done.stdout.decode().strip() == os.path.join(pyz, "exifread", "__init__.py")
 
 
 def install_pyz(pyz):
