@@ -6,6 +6,7 @@
 # entrypoint run from the mounted image in new mount, PID and network namespaces, chrooted,
 # as the image's user, with the image's environment plus the one compose gives it.
 
+import calendar
 import concurrent.futures
 import ctypes
 import glob
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 DOCKERFILE = os.path.join(REPO, "etc", "docker", "Dockerfile")
 TEST_IMAGE = "localhost/webassets-test:latest"
 BUILD_TIMEOUT = 1200
+BASE_MAX_AGE = 14 * 24 * 3600  # seconds
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 CLONE_NEWNET = 0x40000000
@@ -137,12 +139,19 @@ def image_exists(name):
     return subprocess.call([which("podman"), "image", "exists", name]) == 0
 
 
+def image_age(name):
+    """Return how many seconds ago podman made image `name`."""
+    created = inspect_image(name)["Created"]  # e.g. 2026-12-02T06:58:08.123456789Z
+    return time.time() - calendar.timegm(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
 def make_base_image(name, log):
     """Debootstrap Debian stable (minbase, slimmed) and import it as `name`; return seconds.
 
-    Reuses `name` if podman already has it (its storage persists between runs).
+    Reuses `name` while podman has it (its storage persists between runs) and it is younger
+    than BASE_MAX_AGE, so the image gets stable's updates now and then.
     """
-    if image_exists(name):
+    if image_exists(name) and image_age(name) < BASE_MAX_AGE:
         return 0.0
     started = time.monotonic()
     suite = name.rsplit(":", 1)[1].split("-")[0] if ":" in name else "stable"
