@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -174,6 +175,35 @@ def test_pyz_every_command_isolated(pyz, python, tmp_path):
                            "import exifread; print(exifread.__file__)", pyz],
                           stdout=subprocess.PIPE, env=CLEAN_ENV, cwd=root)
     assert done.stdout.decode().strip() == os.path.join(pyz, "exifread", "__init__.py")
+
+
+@needs_deploy
+def test_pyz_readme_exec_start_as_a_service_user(pyz):
+    """The README's ExecStart line for the archive, with the system python3, as an
+    unprivileged user with the unit's one capability, serves Specify 7 on a port below 512."""
+    setpriv = deploy_util.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run the service as another user")
+    port = deploy_util.low_free_port()
+    if port is None:
+        pytest.skip("no free loopback port below 512")
+    with open(os.path.join(deploy_util.REPO, "README.md"), encoding="utf-8") as handle:
+        line = re.search(r"^ExecStart=(\S+python3 -I /opt/webassets/webassets\.pyz .*)$",
+                         handle.read(), re.M).group(1)
+    root = deploy_util.service_root(port)
+    try:
+        shutil.copy(pyz, root + "/opt/webassets/webassets.pyz")
+        argv = deploy_util.as_service_user(setpriv, shlex.split(deploy_util.reroot(line, root)),
+                                           "net_bind_service", no_new_privs=True)
+        process = deploy_util.Process("webassets.pyz", argv, root + "/service.log",
+                                      env=deploy_util.SERVICE_ENV, cwd="/")
+        try:
+            process.wait_port(port)
+            sp7_lifecycle(HTTPClient("http://127.0.0.1:%d" % port), samples.sample("jpeg")[1])
+        finally:
+            process.stop()
+    finally:
+        deploy_util.remove_root(root)
 
 
 def install_pyz(pyz):
