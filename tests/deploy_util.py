@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+import pytest
+
 from tests.helpers import COLL, KEY, SP7_BOUNDARY
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,11 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # the Python Debian's mod_wsgi is built agai
 APACHE_USER = "www-data"  # Debian's Apache user (base-passwd)
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+
+DEPLOY = os.environ.get("WEBASSETS_DEPLOY_TESTS") == "1"
+needs_deploy = pytest.mark.skipif(
+    not DEPLOY, reason="deploy tests run only with WEBASSETS_DEPLOY_TESTS=1 (bin/test sets it "
+                       "for one Python: they start Apache, nginx, containers and servers)")
 
 # The paths the shipped files use; a test roots each under its own directory.
 INSTALL_PATHS = ("/opt/webassets", "/etc/webassets", "/var/lib/webassets")
@@ -247,24 +254,26 @@ def chown_to(path, user):
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def install_root(root, owner, **settings):
-    """Lay out the documented install under `root`: the checkout, a store `owner` owns at
-    /var/lib/webassets, and /etc/webassets/settings.py with `settings`."""
-    install_checkout(root)
+def install_root(root, owner, install=install_checkout, **settings):
+    """Lay out the documented install under `root`: install(root) (the checkout), a store
+    `owner` owns at /var/lib/webassets, and /etc/webassets/settings.py with `settings`."""
+    install(root)
     store = root + "/var/lib/webassets"
     os.makedirs(store)
     chown_to(store, owner)
     write(root + "/etc/webassets/settings.py", settings_text(store, **settings))
 
 
-def start_apache(root, replace=(), **settings):
+def start_apache(root, replace=(), install=install_checkout, **settings):
     """Start Apache with etc/apache/webassets.conf rerooted under `root`; return (process, port).
 
-    `settings` go into the settings file; `replace` is (old, new) pairs for the conf,
-    each of which must occur in it (RuntimeError otherwise).
+    `settings` go into the settings file; `replace` is (old, new) pairs for the rerooted
+    conf, each of which must occur in it (RuntimeError otherwise); install(root) puts
+    webassets under <root>/opt/webassets (default: the checkout and its venv).
     """
     port = free_port()
-    install_root(root, APACHE_USER, SERVER_NAME="127.0.0.1", SERVER_PORT=port, **settings)
+    install_root(root, APACHE_USER, install, SERVER_NAME="127.0.0.1", SERVER_PORT=port,
+                 **settings)
     os.makedirs(root + "/apache/run")
     os.makedirs(root + "/apache/www")
     text = reroot(read_etc("apache", "webassets.conf"), root)
@@ -284,6 +293,7 @@ def start_apache(root, replace=(), **settings):
     if check.returncode != 0:
         raise RuntimeError("apache2 -t rejects the configuration:\n" + output)
     env = dict(os.environ, LANG="C")  # as Debian's /etc/apache2/envvars sets it
+    env.pop("PYTHONPATH", None)  # the daemon finds webassets only where the install put it
     process = Process("apache2", [which("apache2"), "-f", conf, "-DFOREGROUND"],
                       root + "/apache/console.log", env=env)
     process.wait_port(port, extra_logs=(root + "/apache/error.log",))

@@ -6,10 +6,12 @@ import hashlib
 import os
 import pwd
 import re
+import runpy
 import shlex
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 
@@ -21,13 +23,10 @@ from tests.helpers import KEY, call, make_app, sp7_upload, token
 from tests.lifecycle import (XML_TYPES, HTTPClient, Sp7Backend, WSGIClient, expect,
                              sp6_lifecycle, sp7_lifecycle, trusting)
 from webassets import __main__ as cli
-from webassets import config, server, thumbnails
+from webassets import config, server, thumbnails, wsgi
 from webassets.app import create_app
 
-DEPLOY = os.environ.get("WEBASSETS_DEPLOY_TESTS") == "1"
-needs_deploy = pytest.mark.skipif(
-    not DEPLOY, reason="deploy tests run only with WEBASSETS_DEPLOY_TESTS=1 (bin/test sets it "
-                       "for one Python: they start Apache, nginx and servers)")
+needs_deploy = deploy_util.needs_deploy
 CONVERT = shutil.which("magick") or shutil.which("convert")
 BIG_BLOCK = 1024 * 1024
 BIG_BLOCKS = 200  # the 200 MiB upload through Apache
@@ -300,6 +299,62 @@ def test_apache_conf_directives():
                       "WSGIScriptAlias /assets /opt/webassets/bin/webassets.wsgi",
                       "WSGIScriptAlias / /opt/webassets/bin/webassets.wsgi"):
         assert re.search(r"^%s\b" % re.escape(directive), text, re.M), directive
+
+
+# --- webassets/wsgi.py as mod_wsgi's script file (WSGIScriptAlias .../webassets/wsgi.py) ----
+
+WSGI_PY = os.path.join(deploy_util.REPO, "webassets", "wsgi.py")
+
+
+def test_wsgi_py_loads_as_a_script_file():
+    """Run as a script (no package: as mod_wsgi loads it), it serves the package's application."""
+    namespace = runpy.run_path(WSGI_PY, run_name="_mod_wsgi_0123456789abcdef")
+    assert namespace["application"] is wsgi.application
+
+
+def run_script(argv, cwd):
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd)
+    return done.returncode, done.stdout.decode("utf-8", "replace")
+
+
+def test_wsgi_py_copied_out_of_its_package(tmp_path):
+    """A copy uses the installed webassets; with none importable it stops at load time with
+    the reason (mod_wsgi logs it) instead of a 500 per request."""
+    copy = tmp_path / "wsgi.py"
+    shutil.copy(WSGI_PY, str(copy))
+    status, output = run_script([sys.executable, "-I", str(copy)], str(tmp_path))
+    assert status == 0, output
+    status, output = run_script([sys.executable, "-I", "-S", str(copy)], str(tmp_path))
+    assert status != 0, output
+    assert "was loaded as a script file, but the webassets package cannot be imported" in output
+
+
+@needs_deploy
+def test_apache_serves_with_wsgi_py_as_the_script_file(jpeg):
+    """WSGIScriptAlias pointing at the package's own wsgi.py (as Django sites do): both
+    lifecycles at / and /assets, and nothing in Apache's error log."""
+    reason = deploy_util.apache_missing()
+    if reason:
+        pytest.skip(reason)
+    root = deploy_util.make_root()
+    process = None
+    try:
+        replace = [(deploy_util.reroot(old, root), deploy_util.reroot(new, root)) for old, new in (
+            ("/opt/webassets/bin/webassets.wsgi", "/opt/webassets/webassets/wsgi.py"),
+            ("<Directory /opt/webassets/bin>", "<Directory /opt/webassets/webassets>"),
+            ("<Files webassets.wsgi>", "<Files wsgi.py>"))]
+        process, port = deploy_util.start_apache(root, replace)
+        client = HTTPClient("http://127.0.0.1:%d" % port)
+        for mount in ("", "/assets"):
+            sp7_lifecycle(client, jpeg, mount + "/web_asset_store.xml")
+            sp6_lifecycle(client, jpeg, mount + "/web_asset_store.xml")
+        with open(process.error_log, encoding="utf-8", errors="replace") as handle:
+            log = handle.read()
+        assert "wsgi.py" in log and "[wsgi:error]" not in log and "Traceback" not in log, log
+    finally:
+        if process is not None:
+            process.stop()
+        deploy_util.remove_root(root)
 
 
 # --- nginx + TLS in front of the built-in server -----------------------------------------

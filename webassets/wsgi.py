@@ -1,10 +1,35 @@
-"""WSGI entry point for Apache mod_wsgi, uWSGI, gunicorn: `webassets.wsgi:application`."""
+"""WSGI entry point: the module `webassets.wsgi:application`, or this file as a mod_wsgi script."""
 
 import logging
 import os
+import sys
 import threading
 
-from . import config
+if __package__:
+    from . import config
+else:
+    # mod_wsgi's WSGIScriptAlias (like `python wsgi.py`) runs this file as a script, outside
+    # its package, where `from . import` fails. Inside a webassets package, import that very
+    # package by its path; a copy elsewhere uses the installed one. Either way the script
+    # serves the package's `application` (one app per settings file, however it is loaded).
+    _HERE = os.path.dirname(os.path.realpath(__file__))
+    _INSIDE = os.path.isfile(os.path.join(_HERE, "__init__.py"))
+    if _INSIDE:
+        sys.path.insert(0, os.path.dirname(_HERE))
+    try:
+        import webassets
+        from webassets import config, wsgi as _package_wsgi
+    except ImportError as ex:
+        raise ImportError("%s was loaded as a script file, but the webassets package cannot be "
+                          "imported (%s): point WSGIScriptAlias at the wsgi.py inside an "
+                          "installed or checked-out webassets" % (__file__, ex)) from ex
+    finally:
+        if _INSIDE:
+            sys.path.remove(os.path.dirname(_HERE))
+    if _INSIDE and os.path.dirname(os.path.realpath(webassets.__file__)) != _HERE:
+        raise ImportError("%s was loaded as a script file, but this process had imported "
+                          "webassets from %s already: one process serves one copy"
+                          % (__file__, os.path.dirname(webassets.__file__)))
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +59,7 @@ def application(environ, start_response):
     """
     path = environ.get("WEBASSETS_SETTINGS") or os.environ.get("WEBASSETS_SETTINGS", "")
     return _app_for(path)(environ, start_response)
+
+
+if not __package__:
+    application = _package_wsgi.application  # noqa: F811  (the package's, see the top)
