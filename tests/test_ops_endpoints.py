@@ -117,14 +117,14 @@ def test_readyz_store_not_writable(tmp_path):
 
 def test_readyz_converters(tmp_path):
     app = metered_app(tmp_path)
-    app.thumbnailer.gs = str(tmp_path / "no-gs")
+    app.thumbnailer.tools.gs = str(tmp_path / "no-gs")
     result = call(app, "GET", "/readyz")
     assert result.status == 503
     assert b"FAIL converters: Ghostscript (gs) not found, needed for PDF\n" in result.body
     no_pdf = metered_app(tmp_path, CAN_THUMBNAIL=["image/png"])
-    no_pdf.thumbnailer.gs = None
+    no_pdf.thumbnailer.tools.gs = None
     assert call(no_pdf, "GET", "/readyz").status == 200
-    no_pdf.thumbnailer.convert = "no-such-convert-program"
+    no_pdf.thumbnailer.tools.convert = "no-such-convert-program"
     assert b"ImageMagick (convert/magick) not found" in call(no_pdf, "GET", "/readyz").body
 
 

@@ -1,6 +1,7 @@
 """Conformance: every item of PROTOCOL.md section 9, in-process, for CFG-A..CFG-F."""
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from tests.helpers import (
     sp6_upload, sp7_upload, token,
 )
 from tests.lifecycle import Sp6Client, Sp7Backend, WSGIClient
-from webassets import auth, config, multipart, samples, storage
+from webassets import auth, config, multipart, samples, storage, thumbnails
 from webassets.app import create_app
 
 # --------------------------------------------------------------------------- configurations
@@ -95,22 +96,21 @@ class Clock:
         return self.now
 
 
-_SHARED = {}
-
-
-def shared_thumbnailer(settings):
-    """Return one real Thumbnailer for the whole run (it probes ImageMagick only once)."""
-    if "thumbnailer" not in _SHARED:
-        _SHARED["thumbnailer"] = create_app(settings).thumbnailer
-    return _SHARED["thumbnailer"]
+@functools.lru_cache(maxsize=None)
+def probed_tools():
+    """Return the run's one Toolchain: ImageMagick is asked for its formats only once."""
+    return thumbnails.Toolchain(convert=CONVERT)
 
 
 def build(tmp_path, cfg="A", clock=None, **overrides):
-    """Return an app for CFG-<cfg> plus overrides; its store is tmp_path/store."""
+    """Return an app (with its own thumbnail engine) for CFG-<cfg> plus overrides.
+
+    Its store is tmp_path/store; only the probed converters are shared between apps.
+    """
     values = dict(CFGS[cfg], CONVERT=CONVERT)
     values.update(overrides)
     settings = make_settings(tmp_path / "store", **values)
-    return create_app(settings, thumbnailer=shared_thumbnailer(settings), clock=clock or Clock())
+    return create_app(settings, clock=clock or Clock(), tools=probed_tools())
 
 
 @pytest.fixture
@@ -1474,13 +1474,13 @@ def test_extra_refused_token_reason_is_logged(app, caplog):
     assert "Refused GET /testkey: malformed token" in caplog.text
 
 
-def test_extra_os_error_reason_names_no_server_path(app):
+def test_extra_os_error_reason_names_no_server_path(app, monkeypatch):
     """A FileNotFoundError that escapes (e.g. a race with a delete) is a plain 404."""
 
     def vanished(source, target, scale):
         raise FileNotFoundError(2, "No such file or directory", source)
 
-    app.thumbnailer.thumbnail = vanished
+    monkeypatch.setattr(app.thumbnailer, "thumbnail", vanished)
     put_ok(app, U7, b"x")
     res = req(app, "GET", "/fileget", {"type": "T", "filename": U7, "scale": "123"})
     assert res.status == 404

@@ -497,9 +497,8 @@ def test_can_thumbnail_and_missing_coders(tmp_path, source):
     path.write_bytes(heif_head(b"heic", b"mif1"))
     with pytest.raises(NotThumbnailable, match="HEIC"):
         no_heic.thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10)
-    nothing = Thumbnailer(convert=None, gs=None, run=FakeTools())
-    nothing.convert = nothing.gs = None  # as if neither is installed
-    nothing._formats = None
+    nothing = Thumbnailer(run=FakeTools())
+    nothing.tools.convert = nothing.tools.gs = None  # as if neither is installed (not probed yet)
     assert not any(nothing.formats().values())
 
 

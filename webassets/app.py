@@ -212,10 +212,12 @@ def _length(value):
     return int(value) if re.match(r"[0-9]{1,18}\Z", value) else 0
 
 
-def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time.time):
+def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time.time,
+               tools=None):
     """Build the App for `settings`; collaborators default to the real ones.
 
-    With METRICS on, the default thumbnailer also reports to the app's metrics.
+    With METRICS on, the default thumbnailer also reports to the app's metrics. `tools` (a
+    thumbnails.Toolchain) lets engines share one probe of the converters.
     """
     from . import metadata as metadata_module  # NOTE: keeps ExifRead off the import path of tools
 
@@ -231,7 +233,7 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
             observer=registry,
             # Every process and host on this store (serve's workers, mod_wsgi daemons,
             # pregen) renders one thumbnail at most once at a time.
-            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR))
+            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR), tools=tools)
     if registry is not None:
         registry.thumbnailer = thumbnailer
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

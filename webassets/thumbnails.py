@@ -27,7 +27,7 @@ __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
     "parse_scale", "thumbnail_name", "is_thumbnail_of", "output_format",
     "jpeg_size_hint", "convert_args", "ghostscript_args",
-    "pdf_resolution", "run_command", "Thumbnailer", "NullObserver",
+    "pdf_resolution", "run_command", "Toolchain", "Thumbnailer", "NullObserver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,6 +240,60 @@ def _find_program(names: Iterable[str]) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------------------- toolchain
+
+class Toolchain:
+    """The converters of this machine: ImageMagick and Ghostscript, and what they can read.
+
+    `run(argv, timeout)` returns a CompletedProcess-like object (returncode, stdout, stderr)
+    and raises subprocess.TimeoutExpired or OSError; it is injectable for tests. The formats
+    are probed once, on first use; engines that share a Toolchain share the probe.
+    """
+
+    def __init__(self, convert: Optional[str] = None, gs: Optional[str] = None,
+                 run: Callable = run_command):
+        self.convert = convert or _find_program(("magick", "convert"))
+        self.gs = gs or _find_program(("gs",))
+        self.run = run
+        self._lock = threading.Lock()
+        self._formats = None
+
+    def formats(self) -> Dict[str, bool]:
+        """Return which input formats this machine can thumbnail (probed once, then cached)."""
+        with self._lock:
+            if self._formats is None:
+                self._formats = self._probe_formats()
+            return dict(self._formats)
+
+    def _probe_formats(self) -> Dict[str, bool]:
+        readable = set()
+        if self.convert:
+            result = self._probe([self.convert, "-list", "format"])
+            for line in (result or "").splitlines():
+                match = _FORMAT_LINE.match(line)
+                if match and match.group(2) == "r":
+                    readable.add(match.group(1).lower())
+        formats = {fmt: coder in readable for fmt, (coder, _) in INPUTS.items() if coder}
+        # PDF pages are rendered by gs and, when needed, resized by convert as PNG.
+        formats["pdf"] = bool(self.gs and "png" in readable
+                              and self._probe([self.gs, "--version"]) is not None)
+        missing = sorted(fmt for fmt, ok in formats.items() if not ok)
+        if missing:
+            logger.info("Thumbnails unavailable for: %s", ", ".join(missing))
+        return formats
+
+    def _probe(self, argv: List[str]) -> Optional[str]:
+        try:
+            result = self.run(argv, timeout=PROBE_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as ex:
+            logger.warning("Cannot run %s: %s", argv[0], ex)
+            return None
+        if result.returncode != 0:
+            logger.warning("%s exited with %s", subprocess.list2cmdline(argv), result.returncode)
+            return None
+        return (result.stdout or b"").decode("utf-8", "replace")
+
+
 # ---------------------------------------------------------------------------- engine
 
 # One thumbnail to render: absolute source, its format, header size and mtime, target, scale.
@@ -273,8 +327,8 @@ class _Flight:
 class Thumbnailer:
     """Render thumbnails: one conversion per target, bounded concurrency, failures remembered.
 
-    `run(argv, timeout)` returns a CompletedProcess-like object (returncode, stdout, stderr)
-    and raises subprocess.TimeoutExpired or OSError; it is injectable for tests.
+    The converters come as one `tools` (a Toolchain), else one is made from `convert`, `gs`
+    and `run` (see Toolchain).
 
     Within a process, requests for one target share one flight. With `lock_dir` (the same
     directory in every process on the store, e.g. the built-in server's workers), processes
@@ -289,9 +343,8 @@ class Thumbnailer:
                  run: Callable = run_command,
                  limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
                  clock: Callable[[], float] = time.monotonic, observer=None,
-                 lock_dir: Optional[str] = None):
-        self.convert = convert or _find_program(("magick", "convert"))
-        self.gs = gs or _find_program(("gs",))
+                 lock_dir: Optional[str] = None, tools: Optional[Toolchain] = None):
+        self.tools = tools or Toolchain(convert, gs, run)
         self.timeout = timeout
         self.max_workers = max_workers or os.cpu_count() or 1
         self.max_queue = max_queue
@@ -299,18 +352,15 @@ class Thumbnailer:
         self.failure_ttl = failure_ttl
         self.can_thumbnail = None if can_thumbnail is None else frozenset(can_thumbnail)
         self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
-        self._run = run
         self._clock = clock
         self.observer = observer or NullObserver()
         self.lock_dir = lock_dir
         self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
         self._slots = threading.Semaphore(self.max_workers)
         self._flights = {}  # absolute target path -> _Flight
         self._pending = 0  # conversions running or waiting for a slot
         self._failures = {}  # _failure_key(job) -> (expires, exception type, args)
         self._average_seconds = 1.0
-        self._formats = None
 
     # -- public API
 
@@ -369,12 +419,19 @@ class Thumbnailer:
         """Return how many conversions are running or waiting for a slot."""
         return self._pending
 
+    @property
+    def convert(self) -> Optional[str]:
+        """Return the ImageMagick program (None if there is none)."""
+        return self.tools.convert
+
+    @property
+    def gs(self) -> Optional[str]:
+        """Return the Ghostscript program (None if there is none)."""
+        return self.tools.gs
+
     def formats(self) -> Dict[str, bool]:
         """Return which input formats this machine can thumbnail (probed once, then cached)."""
-        with self._probe_lock:
-            if self._formats is None:
-                self._formats = self._probe_formats()
-            return dict(self._formats)
+        return self.tools.formats()
 
     # -- single flight and bounded pool
 
@@ -534,7 +591,7 @@ class Thumbnailer:
     def _call(self, argv: List[str]) -> None:
         tool = os.path.basename(argv[0])
         try:
-            result = self._run(argv, timeout=self.timeout)
+            result = self.tools.run(argv, timeout=self.timeout)
         except subprocess.TimeoutExpired as ex:
             raise ThumbnailError("%s timed out after %gs" % (tool, self.timeout)) from ex
         except OSError as ex:
@@ -546,36 +603,6 @@ class Thumbnailer:
             # The client sees only the tool and status; paths and details stay in the log.
             raise ThumbnailError("%s could not convert this file (exit %s)"
                                  % (tool, result.returncode))
-
-    # -- capability probe
-
-    def _probe_formats(self) -> Dict[str, bool]:
-        readable = set()
-        if self.convert:
-            result = self._probe([self.convert, "-list", "format"])
-            for line in (result or "").splitlines():
-                match = _FORMAT_LINE.match(line)
-                if match and match.group(2) == "r":
-                    readable.add(match.group(1).lower())
-        formats = {fmt: coder in readable for fmt, (coder, _) in INPUTS.items() if coder}
-        # PDF pages are rendered by gs and, when needed, resized by convert as PNG.
-        formats["pdf"] = bool(self.gs and "png" in readable
-                              and self._probe([self.gs, "--version"]) is not None)
-        missing = sorted(fmt for fmt, ok in formats.items() if not ok)
-        if missing:
-            logger.info("Thumbnails unavailable for: %s", ", ".join(missing))
-        return formats
-
-    def _probe(self, argv: List[str]) -> Optional[str]:
-        try:
-            result = self._run(argv, timeout=PROBE_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as ex:
-            logger.warning("Cannot run %s: %s", argv[0], ex)
-            return None
-        if result.returncode != 0:
-            logger.warning("%s exited with %s", subprocess.list2cmdline(argv), result.returncode)
-            return None
-        return (result.stdout or b"").decode("utf-8", "replace")
 
 
 @contextlib.contextmanager
