@@ -247,9 +247,11 @@ def test_prune_keeps_every_size_without_a_ladder(capsys, tmp_path, store):
     ("a.jpg", "a_200.jpg", True), ("a.PDF", "a_123.png", True), ("scan_2024", "scan_2024_64", True),
     ("v1.0_final", "v1_200.0_final", True), ("a.jpg", "a_200.gif", False),
     ("a_1.jpg", "a_200.jpg", False), ("a.jpg", "a_1_200.jpg", False),
+    # One rule for delete, prune and fsck: any number of digits (the reference wrote any int).
+    ("a.jpg", "a_1234567890.jpg", True), ("a.jpg", "a_" + "9" * 40 + ".png", True),
 ])
 def test_thumbnail_ownership_matches_the_server(original, thumb, owned):
-    parsed = admin.parse_thumbnail(thumb)
+    parsed = thumbnails.parse_thumbnail_name(thumb)
     found = parsed is not None and admin._Owners([original]).owner(thumb, parsed[0]) is not None
     assert found == owned == thumbnails.is_thumbnail_of(original, thumb)
 

@@ -162,6 +162,15 @@ def test_is_thumbnail_of(name, candidate, expected):
     assert thumbnails.is_thumbnail_of(name, candidate) is expected
 
 
+@pytest.mark.parametrize("candidate, expected", [
+    ("a_200.jpg", ("a", 200, ".jpg")), ("scan_2024_64", ("scan_2024", 64, "")),
+    ("v1_200.0_final", ("v1", 200, ".0_final")), ("a_1234567890.png", ("a", 1234567890, ".png")),
+    ("a_.jpg", None), ("a_12a.jpg", None), ("_200.jpg", None), ("a200.jpg", None),
+])
+def test_parse_thumbnail_name(candidate, expected):
+    assert thumbnails.parse_thumbnail_name(candidate) == expected
+
+
 def test_output_format_follows_the_name():
     names = ("a_1.jpg", "a_1.JPEG", "a_1.png", "a_1.gif", "a_1.webp", "a_1.bmp", "a_1", "a_1.att")
     assert [thumbnails.output_format(name) for name in names] == \

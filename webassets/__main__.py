@@ -10,21 +10,10 @@ import tempfile
 import time
 
 from . import __version__, config, logutil
+from .exitcodes import EXIT_ATTENTION, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from .exitcodes import HELP as EXIT_HELP
 
 logger = logging.getLogger("webassets")
-
-# Exit statuses scripts can rely on (also in `webassets --help`).
-EXIT_OK, EXIT_FAULT, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-EXIT_HELP = """\
-exit status:
-  0    success; nothing needs attention
-  1    something needs attention: check found a FAIL; fsck or prune left a problem (with
-       --dry-run: found something to repair); pregen had a failed conversion; serve could
-       not listen
-  2    bad command line or settings (including an unknown --coll)
-  130  interrupted (Ctrl-C); pregen stops after the conversions running, and resumes later
-"""
 
 
 def _load(args):
@@ -110,7 +99,7 @@ def cmd_serve(args):
     except OSError as ex:
         logger.error("Cannot listen on %s:%d: %s", settings.BIND_ADDRESS, settings.PORT,
                      ex.strerror or ex)
-        return EXIT_FAULT
+        return EXIT_ATTENTION
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

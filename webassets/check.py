@@ -10,6 +10,7 @@ import tempfile
 import time
 
 from . import __version__, admin, health, samples, thumbnails
+from .exitcodes import EXIT_ATTENTION, EXIT_OK
 
 __all__ = ["run_check", "Screen", "MIN_KEY_LENGTH"]
 
@@ -73,7 +74,7 @@ def run_check(settings, source, app, out=None):
     _security_section(screen, settings)
     _monitoring_section(screen, settings)
     (out or sys.stdout).write(screen.render())
-    return admin.EXIT_ATTENTION if screen.faults else admin.EXIT_OK
+    return EXIT_ATTENTION if screen.faults else EXIT_OK
 
 
 # ---------------------------------------------------------------------------- sections

@@ -22,10 +22,11 @@ except ImportError:  # not POSIX: single flight holds within one process only
     fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
+from .storage import RENDER_PREFIX, TEMP_SUFFIX
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
-    "parse_scale", "thumbnail_name", "is_thumbnail_of", "output_format",
+    "parse_scale", "thumbnail_name", "parse_thumbnail_name", "is_thumbnail_of", "output_format",
     "jpeg_size_hint", "convert_args", "ghostscript_args",
     "pdf_resolution", "run_command", "Toolchain", "Thumbnailer", "NullObserver",
 ]
@@ -73,6 +74,7 @@ DISK_FULL_MESSAGE = "no space left to write the thumbnail"
 # subimage specs) and Ghostscript expands '%' in its output file; such paths never reach argv.
 _IM_SPECIAL = re.compile(r"[%*?\[\]{}]")
 _SCALE = re.compile(r"[0-9]+\Z")
+_THUMBNAIL_STEM = re.compile(r"(.+)_([0-9]+)\Z", re.S)  # greedy: the last '_<digits>'
 _FORMAT_LINE = re.compile(r"\s*([A-Z0-9-]+)\*?\s+\S+\s+([r-])([w-])[+-]")
 
 
@@ -136,15 +138,24 @@ def thumbnail_name(name: str, scale: int) -> str:
     return "%s_%d%s" % (root, scale, ext)
 
 
+def parse_thumbnail_name(candidate: str) -> Optional[Tuple[str, int, str]]:
+    """Return (root, scale, ext) of a '<root>_<digits><ext>' thumbnail name, or None.
+
+    The one rule for what is a thumbnail name (delete, prune and fsck all use it): any number
+    of digits, as the reference wrote whatever integer it was asked for.
+    """
+    stem, ext = os.path.splitext(candidate)
+    match = _THUMBNAIL_STEM.match(stem)
+    return (match.group(1), int(match.group(2)), ext) if match else None
+
+
 def is_thumbnail_of(name: str, candidate: str) -> bool:
     """Tell whether `candidate` is exactly '<root>_<digits><ext or .png>' for `name`."""
-    root, ext = os.path.splitext(name)
-    prefix = root + "_"
-    if not candidate.startswith(prefix):
+    parsed = parse_thumbnail_name(candidate)
+    if parsed is None:
         return False
-    rest = candidate[len(prefix):]
-    digits = len(rest) - len(rest.lstrip("0123456789"))
-    return digits > 0 and rest[digits:] in (ext, ".png")
+    root, ext = os.path.splitext(name)
+    return parsed[0] == root and parsed[2] in (ext, ".png")
 
 
 def output_format(target_path: str) -> str:
@@ -526,14 +537,14 @@ class Thumbnailer:
                                  % (width, height, self.max_pixels))
 
     def _render(self, job: _Job) -> None:
-        """Render into a private '.thumb-*.tmp' dir beside the target, then publish atomically.
+        """Render into a private RENDER_PREFIX dir beside the target, then publish atomically.
 
         Raise DiskFull when the target's filesystem has no room (the work dir is removed).
         """
         target_dir = os.path.dirname(job.target)
         with _disk_full_as_error(target_dir):
             os.makedirs(target_dir, exist_ok=True)
-            workdir = tempfile.mkdtemp(prefix=".thumb-", suffix=".tmp", dir=target_dir)
+            workdir = tempfile.mkdtemp(prefix=RENDER_PREFIX, suffix=TEMP_SUFFIX, dir=target_dir)
         try:
             # Inside the try: the free space is judged while the partial output still fills
             # the disk, before the work dir is removed.
