@@ -16,15 +16,17 @@ from .exitcodes import HELP as EXIT_HELP
 logger = logging.getLogger("webassets")
 
 
-def _load(args):
-    """Load the settings named on the command line (or WEBASSETS_SETTINGS)."""
+def _load(args, **overrides):
+    """Load the settings named on the command line (or WEBASSETS_SETTINGS), then `overrides`.
+
+    The command line's values are checked as the file's are; ConfigError.
+    """
     settings = config.load(args.settings)
-    overrides = {}
     if getattr(args, "host", None):
         overrides["BIND_ADDRESS"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["PORT"] = args.port
-    return settings._replace(**overrides)
+    return config.override(settings, overrides, "the command line")
 
 
 def _source(args):
@@ -56,17 +58,12 @@ def _existing_store(settings):
 def cmd_serve(args):
     """Run the built-in server (PROCESSES x WORKERS request slots) until SIGTERM/SIGINT."""
     from .app import create_app
-    from .handlers import public_base
     from .server import serve
 
     settings = _load(args)
     logutil.set_format(args.log, settings.ACCESS_LOG_FORMAT)
     prepare_store(settings)
     processes = settings.processes
-    if settings.THUMBNAIL_WORKERS is None:
-        # The conversion slots of all processes together: about one per CPU.
-        cpus = os.cpu_count() or 1
-        settings = settings._replace(THUMBNAIL_WORKERS=-(-cpus // processes))
     app = create_app(settings)
     formats = app.thumbnailer.formats()  # probed once here, before the workers fork
     missing = sorted(name for name, ok in formats.items() if not ok)
@@ -82,7 +79,7 @@ def cmd_serve(args):
                     __version__, settings.BIND_ADDRESS, server.server_port, processes,
                     settings.WORKERS, settings.BASE_DIR)
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
-                    public_base(settings))
+                    settings.public_base())
 
     metrics_dir = None
     if processes > 1 and app.metrics is not None:
@@ -141,9 +138,11 @@ def cmd_pregen(args):
     """Make missing thumbnails ahead of time."""
     from . import admin, storage
 
-    settings = _load(args)
+    # pregen is a process of its own: by default its conversions may use every CPU.
+    overrides = {"PROCESSES": 1}
     if args.jobs:
-        settings = settings._replace(THUMBNAIL_WORKERS=args.jobs)
+        overrides["THUMBNAIL_WORKERS"] = args.jobs
+    settings = _load(args, **overrides)
     app = _existing_store(settings)
     try:
         return admin.pregen(app.store, app.thumbnailer, settings, sizes=args.sizes,

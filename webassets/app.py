@@ -253,7 +253,7 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
     if thumbnailer is None:
         thumbnailer = thumbnails.Thumbnailer(
             convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
-            max_workers=settings.THUMBNAIL_WORKERS, max_queue=settings.THUMBNAIL_QUEUE,
+            max_workers=settings.thumbnail_workers, max_queue=settings.THUMBNAIL_QUEUE,
             max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL,
             observer=registry,
             # Every process and host on this store (serve's workers, mod_wsgi daemons,

@@ -80,11 +80,9 @@ def run_check(settings, source, app, out=None):
 # ---------------------------------------------------------------------------- sections
 
 def _settings_section(screen, settings):
-    from .handlers import public_base  # NOTE: handlers pulls in the HTTP modules; only here
-
     screen.section("Settings")
     screen.item("ok", "valid")
-    screen.item("info", "Specify attachment.url = %s/web_asset_store.xml" % public_base(settings))
+    screen.item("info", "Specify attachment.url = %s/web_asset_store.xml" % settings.public_base())
     screen.item("info", "listening on %s:%d with %d process(es) x %d threads"
                 % (settings.BIND_ADDRESS, settings.PORT, settings.processes, settings.WORKERS))
     sizes = settings.THUMBNAIL_SIZES

@@ -22,21 +22,9 @@ def index(app, request):
     return Response(b"It works!", content_type="text/html; charset=UTF-8")
 
 
-def public_base(settings, script_name=""):
-    """Return the base URL Specify should use: PUBLIC_URL, else http://SERVER_NAME:SERVER_PORT.
-
-    COMPAT: the port is always explicit and the Host header is ignored, as
-    in the reference; SCRIPT_NAME is added so a mounted server advertises
-    its prefix.
-    """
-    if settings.PUBLIC_URL:
-        return settings.PUBLIC_URL
-    return "http://%s:%d%s" % (settings.public_name, settings.public_port, script_name)
-
-
 def web_asset_store(app, request):
     """Serve web_asset_store.xml, the URLs Specify discovers at start-up."""
-    base = public_base(app.settings, request.script_name)
+    base = app.settings.public_base(request.script_name)
     body = _XML_TEMPLATE.format(base=base, base_escaped=escape(base))
     return Response(body.encode("utf-8"), content_type="text/xml; charset=utf-8")
 
