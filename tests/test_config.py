@@ -161,10 +161,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_settings_table():
-    """Return the text of README's settings table (the rows under '## Settings')."""
+    """Return the names cell of each row of README's settings table (under '## Settings')."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
         section = handle.read().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
-    return "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    return "\n".join(line.split("|")[1] for line in section.splitlines()
+                     if line.startswith("| `"))
 
 
 def test_readme_and_example_describe_every_setting():

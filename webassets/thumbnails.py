@@ -28,7 +28,8 @@ __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
     "parse_scale", "thumbnail_name", "parse_thumbnail_name", "is_thumbnail_of", "output_format",
     "jpeg_size_hint", "convert_args", "ghostscript_args",
-    "pdf_resolution", "run_command", "Toolchain", "Thumbnailer", "NullObserver",
+    "pdf_resolution", "run_command", "Toolchain", "Job", "Renderer", "Thumbnailer",
+    "NullObserver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class Toolchain:
 # ---------------------------------------------------------------------------- engine
 
 # One thumbnail to render: absolute source, its format, header size and mtime, target, scale.
-_Job = collections.namedtuple("_Job", "source fmt size mtime_ns target scale")
+Job = collections.namedtuple("Job", "source fmt size mtime_ns target scale")
 
 
 class NullObserver:
@@ -339,7 +340,8 @@ class Thumbnailer:
     """Render thumbnails: one conversion per target, bounded concurrency, failures remembered.
 
     The converters come as one `tools` (a Toolchain), else one is made from `convert`, `gs`
-    and `run` (see Toolchain).
+    and `run` (see Toolchain). The conversions themselves are the `renderer`'s (a Renderer
+    over the tools by default; anything with render(job) for tests).
 
     Within a process, requests for one target share one flight. With `lock_dir` (the same
     directory in every process on the store, e.g. the built-in server's workers), processes
@@ -354,15 +356,15 @@ class Thumbnailer:
                  run: Callable = run_command,
                  limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
                  clock: Callable[[], float] = time.monotonic, observer=None,
-                 lock_dir: Optional[str] = None, tools: Optional[Toolchain] = None):
+                 lock_dir: Optional[str] = None, tools: Optional[Toolchain] = None,
+                 renderer=None):
         self.tools = tools or Toolchain(convert, gs, run)
-        self.timeout = timeout
+        self.renderer = renderer or Renderer(self.tools, timeout, limits, max_pixels)
         self.max_workers = max_workers or os.cpu_count() or 1
         self.max_queue = max_queue
         self.max_pixels = max_pixels
         self.failure_ttl = failure_ttl
         self.can_thumbnail = None if can_thumbnail is None else frozenset(can_thumbnail)
-        self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
         self._clock = clock
         self.observer = observer or NullObserver()
         self.lock_dir = lock_dir
@@ -390,7 +392,7 @@ class Thumbnailer:
         if fresh:
             return content_type
         fmt, size = self.inspect(source_path)
-        job = _Job(os.path.abspath(source_path), fmt, size, mtime_ns, target_path, scale)
+        job = Job(os.path.abspath(source_path), fmt, size, mtime_ns, target_path, scale)
         with self._lock:
             self._raise_remembered_failure(job)
             if _is_fresh(target_path, mtime_ns):
@@ -422,7 +424,7 @@ class Thumbnailer:
             if not self.formats().get(fmt):
                 raise NotThumbnailable("no %s converter on this server" % fmt.upper())
             size = read_dimensions(f, fmt)
-        self._check_pixels(size, fmt)
+        _check_pixels(size, fmt, self.max_pixels)
         return fmt, size
 
     @property
@@ -456,7 +458,7 @@ class Thumbnailer:
         self._pending += 1
         return flight
 
-    def _lead(self, flight: _Flight, job: _Job) -> None:
+    def _lead(self, flight: _Flight, job: Job) -> None:
         try:
             # The lock comes before the slot: waiting for another process holds no slot.
             with self._process_lock(job.target):
@@ -475,12 +477,12 @@ class Thumbnailer:
                 self._pending -= 1
             flight.done.set()
 
-    def _convert(self, job: _Job) -> None:
+    def _convert(self, job: Job) -> None:
         started = self._clock()
         self.observer.conversion_started()
         ok = False
         try:
-            self._render(job)
+            self.renderer.render(job)
             ok = True
         finally:
             elapsed = self._clock() - started
@@ -505,14 +507,14 @@ class Thumbnailer:
         finally:
             os.close(fd)
 
-    def _remember_failure(self, job: _Job, ex: ThumbnailError) -> None:
+    def _remember_failure(self, job: Job, ex: ThumbnailError) -> None:
         now = self._clock()
         with self._lock:
             if len(self._failures) >= 1024:
                 self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
             self._failures[_failure_key(job)] = (now + self.failure_ttl, type(ex), ex.args)
 
-    def _raise_remembered_failure(self, job: _Job) -> None:
+    def _raise_remembered_failure(self, job: Job) -> None:
         # Called with self._lock held.
         key = _failure_key(job)
         failure = self._failures.get(key)
@@ -524,19 +526,34 @@ class Thumbnailer:
             return
         raise error_type(*args)
 
-    # -- conversion
 
-    def _check_pixels(self, size: Optional[Tuple[int, int]], fmt: str) -> None:
-        if size is None:
-            return
-        width, height = size
-        if width <= 0 or height <= 0:
-            raise ThumbnailError("%s image has no pixels (%dx%d)" % (fmt.upper(), width, height))
-        if width * height > self.max_pixels:
-            raise ThumbnailError("image too large: %dx%d exceeds the %d-pixel limit"
-                                 % (width, height, self.max_pixels))
+class Renderer:
+    """Render one Job with the toolchain: ImageMagick, and Ghostscript for PDF pages.
 
-    def _render(self, job: _Job) -> None:
+    The Thumbnailer decides when to render (single flight, slots, failures); the renderer
+    only converts. `render(job)` publishes job.target atomically, dated no earlier than the
+    source, or raises ThumbnailError (DiskFull when the target's filesystem has no room).
+    """
+
+    def __init__(self, tools: Toolchain, timeout: float = 60,
+                 limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.tools = tools
+        self.timeout = timeout
+        self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
+        self.max_pixels = max_pixels
+
+    @property
+    def convert(self) -> Optional[str]:
+        """Return the ImageMagick program."""
+        return self.tools.convert
+
+    @property
+    def gs(self) -> Optional[str]:
+        """Return the Ghostscript program."""
+        return self.tools.gs
+
+    def render(self, job: Job) -> None:
         """Render into a private RENDER_PREFIX dir beside the target, then publish atomically.
 
         Raise DiskFull when the target's filesystem has no room (the work dir is removed).
@@ -553,7 +570,7 @@ class Thumbnailer:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _render_in(self, job: _Job, workdir: str, target_dir: str) -> None:
+    def _render_in(self, job: Job, workdir: str, target_dir: str) -> None:
         """Convert job.source into `workdir`, check the output, rename it onto the target."""
         if _IM_SPECIAL.search(workdir):
             raise ThumbnailError("thumbnail directory name has characters ImageMagick "
@@ -596,7 +613,7 @@ class Thumbnailer:
             size = None
         if not size:
             raise ThumbnailError("the converter produced no %s image" % fmt.upper())
-        self._check_pixels(size, fmt)
+        _check_pixels(size, fmt, self.max_pixels)
         return size
 
     def _call(self, argv: List[str]) -> None:
@@ -614,6 +631,18 @@ class Thumbnailer:
             # The client sees only the tool and status; paths and details stay in the log.
             raise ThumbnailError("%s could not convert this file (exit %s)"
                                  % (tool, result.returncode))
+
+
+def _check_pixels(size: Optional[Tuple[int, int]], fmt: str, max_pixels: int) -> None:
+    """Raise ThumbnailError if an image of `size` has no pixels or more than `max_pixels`."""
+    if size is None:
+        return
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ThumbnailError("%s image has no pixels (%dx%d)" % (fmt.upper(), width, height))
+    if width * height > max_pixels:
+        raise ThumbnailError("image too large: %dx%d exceeds the %d-pixel limit"
+                             % (width, height, max_pixels))
 
 
 @contextlib.contextmanager
@@ -650,7 +679,7 @@ def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:
         return False
 
 
-def _failure_key(job: _Job) -> tuple:
+def _failure_key(job: Job) -> tuple:
     # A new upload under the same name (new mtime) is tried again at once.
     return job.source, job.mtime_ns, job.scale
 
