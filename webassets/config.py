@@ -1,4 +1,4 @@
-"""Settings: the one schema (names, defaults, checks, help), loaded from a file and the environment."""
+"""Settings: one schema (names, defaults, checks, help), loaded from a file and the environment."""
 
 import collections
 import json

@@ -543,16 +543,6 @@ class Renderer:
         self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
         self.max_pixels = max_pixels
 
-    @property
-    def convert(self) -> Optional[str]:
-        """Return the ImageMagick program."""
-        return self.tools.convert
-
-    @property
-    def gs(self) -> Optional[str]:
-        """Return the Ghostscript program."""
-        return self.tools.gs
-
     def render(self, job: Job) -> None:
         """Render into a private RENDER_PREFIX dir beside the target, then publish atomically.
 
@@ -581,8 +571,8 @@ class Renderer:
         if job.fmt == "pdf":
             self._render_pdf(source, workdir, out, out_fmt, job.scale)
         else:
-            self._call(convert_args(self.convert, source, job.fmt, out, out_fmt, job.scale,
-                                    self.limits, job.size))
+            self._call(convert_args(self.tools.convert, source, job.fmt, out, out_fmt,
+                                    job.scale, self.limits, job.size))
         self._check_output(out, out_fmt)
         if os.stat(out).st_mtime_ns < job.mtime_ns:
             # A source dated in the future must not leave its thumbnail stale forever.
@@ -595,12 +585,13 @@ class Renderer:
         # guess was off or the name asks for another format.
         page = os.path.join(workdir, "page.png")
         dpi = pdf_resolution(read_pdf_page_size(source), scale)
-        self._call(ghostscript_args(self.gs, source, page, dpi))
+        self._call(ghostscript_args(self.tools.gs, source, page, dpi))
         size = self._check_output(page, "png")
         if out_fmt == "png" and max(size) <= scale:
             os.replace(page, out)
         else:
-            self._call(convert_args(self.convert, page, "png", out, out_fmt, scale, self.limits))
+            self._call(convert_args(self.tools.convert, page, "png", out, out_fmt, scale,
+                                    self.limits))
 
     def _check_output(self, path: str, fmt: str) -> Tuple[int, int]:
         if _free_bytes(os.path.dirname(path)) < DISK_FULL_BYTES:
