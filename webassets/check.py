@@ -145,20 +145,20 @@ def _version(argv):
 
 def _converters_section(screen, thumbnailer):
     screen.section("Converters")
-    convert = thumbnailer.convert
-    version = _version([convert, "-version"]) if convert else None
+    _program_item(screen, thumbnailer.convert, "-version", "ImageMagick", "FAIL",
+                  "neither magick nor convert on PATH")
+    _program_item(screen, thumbnailer.gs, "--version", "Ghostscript", "warn", "gs not on PATH",
+                  " (needed for PDF thumbnails only)", shown="Ghostscript ")
+
+
+def _program_item(screen, program, version_flag, name, status, missing, note="", shown=""):
+    """Add the line of one converter: its version, else `status` saying why it cannot run."""
+    version = _version([program, version_flag]) if program else None
     if version:
-        screen.item("ok", "%s: %s" % (convert, version))
+        screen.item("ok", "%s: %s%s" % (program, shown, version))
     else:
-        screen.item("FAIL", "ImageMagick: %s" % (
-            "%s does not run" % convert if convert else "neither magick nor convert on PATH"))
-    gs = thumbnailer.gs
-    version = _version([gs, "--version"]) if gs else None
-    if version:
-        screen.item("ok", "%s: Ghostscript %s" % (gs, version))
-    else:
-        screen.item("warn", "Ghostscript: %s (needed for PDF thumbnails only)" % (
-            "%s does not run" % gs if gs else "gs not on PATH"))
+        screen.item(status, "%s: %s%s" % (
+            name, "%s does not run" % program if program else missing, note))
 
 
 class _Capture(logging.Handler):
