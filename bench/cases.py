@@ -242,7 +242,7 @@ def big_upload(ctx):
 
 def _floor_argv(converter, gs, source, fmt, out_dir, hinted=True):
     """Return the argv the server would run for this thumbnail, to be run by hand."""
-    limits = thumbnails.Thumbnailer(convert=converter, gs=gs).limits
+    limits = thumbnails.Renderer(thumbnails.Toolchain(converter, gs)).limits
     if fmt == "pdf":
         dpi = thumbnails.pdf_resolution(imageformats.read_pdf_page_size(source), SCALE)
         return thumbnails.ghostscript_args(gs, source, os.path.join(out_dir, "floor.png"), dpi)

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.fakes import free_port  # noqa: F401 (test_deploy uses deploy_util.free_port)
 from tests.helpers import COLL, KEY, SP7_BOUNDARY
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,6 @@ def bind_loopback(port):
     """Bind 127.0.0.1:port and let it go again; OSError if it is taken or not allowed."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
-
-
-def free_port():
-    """Return a loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def read_etc(*parts):

@@ -2,10 +2,14 @@
 
 import io
 import os
+import shutil
+import subprocess
 import time
 import wsgiref.util
 import wsgiref.validate
 from urllib.parse import urlencode
+
+import pytest
 
 from webassets import auth, config
 from webassets.app import create_app
@@ -16,6 +20,14 @@ U6 = "sp62617394751943871.att.jpg"  # a Specify 6 attachment location
 COLL = "KU Fish Voucher Collection"
 SP7_BOUNDARY = "----WebKitFormBoundaryAbC123"
 SP6_BOUNDARY = "Xq9-_aB3cD4eF5gH6iJ7kL8mN9oP0qR1sT2"  # 35 chars of [-_0-9a-zA-Z]
+# A fractional second on purpose: tokens are judged in whole seconds, like the reference.
+NOW = 1700000000.75
+DATE = "2015:05:20 12:16:38"  # DateTimeOriginal of the EXIF test pictures
+
+# The real ImageMagick (the distribution's), not a stand-in earlier on PATH.
+CONVERT = ("/usr/bin/convert" if os.access("/usr/bin/convert", os.X_OK)
+           else shutil.which("magick") or shutil.which("convert"))
+needs_convert = pytest.mark.skipif(CONVERT is None, reason="ImageMagick is not installed")
 
 
 class Result:
@@ -139,3 +151,16 @@ def originals(tmp_path, sub=""):
     """Return the sorted names in the store's originals directory (temp files included)."""
     path = os.path.join(str(tmp_path), sub, "originals")
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def convert_image(args, data=None):
+    """Run the real ImageMagick with `args` (stdin `data`); return its stdout."""
+    return subprocess.run([CONVERT] + [str(arg) for arg in args], input=data,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True,
+                          timeout=60).stdout
+
+
+def decode(data):
+    """Decode an image with ImageMagick; return (width, height, format)."""
+    width, height, fmt = convert_image(["-", "-format", "%w %h %m", "info:"], data).split()
+    return int(width), int(height), fmt.decode()

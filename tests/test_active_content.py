@@ -63,8 +63,8 @@ def get(app, name, method="GET", headers=None, **extra):
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = make_app(tmp_path)
+def app(app):
+    """The conftest app, with a file of every family and script type uploaded."""
     for name in list(FAMILIES) + SCRIPTS:
         upload(app, name)
     return app

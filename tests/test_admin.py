@@ -4,19 +4,16 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
-import threading
 import time
 
 import pytest
 
+from tests.fakes import FakeRenderer, fake_thumbnailer
+from tests.helpers import needs_convert
 from webassets import admin, auth, samples, thumbnails
 from webassets.__main__ import main
 from webassets.progress import Progress
 
-CONVERT = shutil.which("magick") or shutil.which("convert")
-needs_convert = pytest.mark.skipif(CONVERT is None, reason="ImageMagick is not installed")
 NEW_KEY = "n3w-Key-0123456789abcdefghijklmnop"
 OLD_KEY = "0ld-Key-0123456789abcdefghijklmnop"
 HOURS_AGO = time.time() - 3 * 3600
@@ -247,9 +244,11 @@ def test_prune_keeps_every_size_without_a_ladder(capsys, tmp_path, store):
     ("a.jpg", "a_200.jpg", True), ("a.PDF", "a_123.png", True), ("scan_2024", "scan_2024_64", True),
     ("v1.0_final", "v1_200.0_final", True), ("a.jpg", "a_200.gif", False),
     ("a_1.jpg", "a_200.jpg", False), ("a.jpg", "a_1_200.jpg", False),
+    # One rule for delete, prune and fsck: any number of digits (the reference wrote any int).
+    ("a.jpg", "a_1234567890.jpg", True), ("a.jpg", "a_" + "9" * 40 + ".png", True),
 ])
 def test_thumbnail_ownership_matches_the_server(original, thumb, owned):
-    parsed = admin.parse_thumbnail(thumb)
+    parsed = thumbnails.parse_thumbnail_name(thumb)
     found = parsed is not None and admin._Owners([original]).owner(thumb, parsed[0]) is not None
     assert found == owned == thumbnails.is_thumbnail_of(original, thumb)
 
@@ -289,42 +288,17 @@ def test_pregen_unknown_collection_is_a_usage_error(capsys, tmp_path, store):
     assert status == 2 and "Unknown collection" in err
 
 
-class SlowTools:
-    """A fake converter `run`: answers probes, 'converts' slowly, records peak concurrency."""
-
-    def __init__(self):
-        self.running = self.peak = self.calls = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, argv, timeout):
-        if argv[1:] == ["-list", "format"]:
-            return subprocess.CompletedProcess(argv, 0, b"  PNG* PNG rw+ x\n", b"")
-        if argv[1:] == ["--version"]:
-            return subprocess.CompletedProcess(argv, 0, b"10.0\n", b"")
-        with self.lock:
-            self.running += 1
-            self.calls += 1
-            self.peak = max(self.peak, self.running)
-        time.sleep(0.02)
-        with open(argv[-1].partition(":")[2], "wb") as out:
-            out.write(samples.png())
-        with self.lock:
-            self.running -= 1
-        return subprocess.CompletedProcess(argv, 0, b"", b"")
-
-
 def test_pregen_parallelism_is_bounded(tmp_path, store):
     from webassets import config
     from webassets.app import create_app
 
     settings = config.load(write_settings(tmp_path), environ={})
-    tools = SlowTools()
-    engine = thumbnails.Thumbnailer(convert="/fake/convert", gs="/fake/gs", run=tools,
-                                    max_workers=2)
+    renderer = FakeRenderer(delay=0.02)
+    engine = fake_thumbnailer(renderer, formats=("PNG",), max_workers=2)
     store_ = create_app(settings).store
     out = io.StringIO()
     status = admin.pregen(store_, engine, settings, sizes=(64, 300, 600), out=out, quiet=True)
-    assert status == 0 and tools.calls == 9 and tools.peak == 2, out.getvalue()
+    assert status == 0 and len(renderer.calls) == 9 and renderer.peak == 2, out.getvalue()
 
 
 # ---------------------------------------------------------------------------- stats

@@ -1,5 +1,10 @@
 """Tests for webassets.config: the reference settings.py, env overrides, validation."""
 
+import os
+import re
+import sys
+import types
+
 import pytest
 
 from webassets import config
@@ -148,3 +153,64 @@ def test_unknown_names_are_ignored(tmp_path, caplog):
     settings = config.load(write(tmp_path, "IPADDR = '0.0.0.0'\nPORT = 8081\n"), environ={})
     assert settings.PORT == 8081
     assert "IPADDR" in caplog.text
+
+
+# ---------------------------------------------------------------------------- the schema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_settings_table():
+    """Return the names cell of each row of README's settings table (under '## Settings')."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        section = handle.read().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line.split("|")[1] for line in section.splitlines()
+                     if line.startswith("| `"))
+
+
+def test_readme_and_example_describe_every_setting():
+    table = readme_settings_table()
+    with open(os.path.join(ROOT, "etc", "settings.py.example"), encoding="utf-8") as handle:
+        example = handle.read()
+    names = [setting.name for setting in config.SCHEMA]
+    assert [name for name in names if "`%s`" % name not in table] == []
+    assert [name for name in names if not re.search(r"(?m)^%s = " % name, example)] == []
+    # ... and nothing else: no stale names either.
+    assert set(re.findall(r"`([A-Z][A-Z_]+)`", table)) <= set(names)
+    assert set(re.findall(r"(?m)^([A-Z][A-Z_]+) = ", example)) <= set(names)
+
+
+def test_schema_is_the_settings():
+    assert config.Settings._fields == tuple(setting.name for setting in config.SCHEMA)
+    assert config.Settings() == tuple(setting.default for setting in config.SCHEMA)
+    assert all(setting.help and "\n" not in setting.help for setting in config.SCHEMA)
+
+
+def test_thumbnail_workers_share_the_cpus_among_the_processes(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert config.Settings(PROCESSES=3).thumbnail_workers == 3
+    assert config.Settings(PROCESSES=1).thumbnail_workers == 8
+    assert config.Settings(PROCESSES=3, THUMBNAIL_WORKERS=5).thumbnail_workers == 5
+    # Under mod_wsgi, each daemon process of the group gets its share, whatever PROCESSES says.
+    monkeypatch.setitem(sys.modules, "mod_wsgi", types.SimpleNamespace(maximum_processes=2))
+    assert config.Settings().processes == 2 and config.Settings().thumbnail_workers == 4
+
+
+def test_public_base():
+    assert config.Settings().public_base("/assets") == "http://localhost:8080/assets"
+    settings = config.from_mapping({"PUBLIC_URL": "https://a.example.org/x/"})
+    assert settings.public_base("/ignored") == "https://a.example.org/x"
+
+
+def test_overrides_are_checked_like_the_file():
+    settings = config.override(config.Settings(), {"PORT": 8081}, "the command line")
+    assert settings.PORT == 8081
+    with pytest.raises(config.ConfigError, match="Invalid PORT in the command line"):
+        config.override(settings, {"PORT": 70000}, "the command line")
+
+
+def test_command_line_values_are_checked(monkeypatch, capsys):
+    from webassets import __main__ as cli
+
+    monkeypatch.delenv("WEBASSETS_SETTINGS", raising=False)
+    assert cli.main(["serve", "--port", "70000"]) == cli.EXIT_CONFIG

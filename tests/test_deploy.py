@@ -591,7 +591,7 @@ def test_systemd_exec_start_serves_a_low_port_with_only_the_units_capability(jpe
         argv = shlex.split(deploy_util.reroot(service["ExecStart"], root))
         status, output = deploy_util.run_refused(
             deploy_util.as_service_user(setpriv, argv, no_new_privs=no_new_privs), "/")
-        assert status == cli.EXIT_FAULT and "Permission denied" in output, output
+        assert status == cli.EXIT_ATTENTION and "Permission denied" in output, output
         serve_until_lifecycle(deploy_util.as_service_user(
             setpriv, argv, capability, no_new_privs), root, port, "/", jpeg)
     finally:
@@ -643,7 +643,7 @@ def test_upstart_exec_line_serves_a_low_port_through_authbind(jpeg):
             setpriv, shlex.split(deploy_util.reroot(stanzas["exec"][0], root)))
         cwd = deploy_util.reroot(stanzas["chdir"][0], root)
         status, output = deploy_util.run_refused(argv, cwd)
-        assert status == cli.EXIT_FAULT and "not permitted" in output, output
+        assert status == cli.EXIT_ATTENTION and "not permitted" in output, output
         try:
             permit = deploy_util.authbind_permit(port)
         except FileExistsError:

@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 import pytest
 
 from tests import deploy_util
+from tests.fakes import png_bytes
 from tests.helpers import COLL, call, make_settings, sp7_upload, token
-from tests.test_thumbnails import pdf_bytes, png_bytes
+from tests.test_thumbnails import pdf_bytes
 from webassets import thumbnails
 from webassets.app import create_app
 

@@ -4,15 +4,14 @@ import http.client
 import json
 import logging
 import re
-import threading
 import time
 
 import pytest
 
+from tests.fakes import running_server
 from webassets import logutil
-from webassets.server import make_server
 
-from .helpers import call, make_app
+from .helpers import call
 
 COMBINED = re.compile(r'(?P<host>\S+) - - \[(?P<time>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" '
                       r'(?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>(?:[^"\\]|\\.)*)" '
@@ -61,8 +60,7 @@ def test_incoming_request_id_is_kept_only_if_sane(incoming, kept):
     assert logutil.current_request_id() is None
 
 
-def test_every_response_carries_the_request_id(tmp_path):
-    app = make_app(tmp_path)
+def test_every_response_carries_the_request_id(app):
     echoed = call(app, "GET", "/nope", headers={"X-Request-Id": "trace-1"})
     assert echoed.status == 404 and echoed.header("X-Request-Id") == "trace-1"
     first, second = call(app, "GET", "/"), call(app, "GET", "/")
@@ -70,8 +68,7 @@ def test_every_response_carries_the_request_id(tmp_path):
     assert logutil.current_request_id() is None  # the thread's later lines are not the request's
 
 
-def test_errors_are_logged_with_the_request_id_and_traceback_only_in_the_log(tmp_path, logs):
-    app = make_app(tmp_path)
+def test_errors_are_logged_with_the_request_id_and_traceback_only_in_the_log(app, logs):
 
     class BrokenStore:
         def stat_original(self, coll, name):
@@ -145,26 +142,20 @@ def test_uninstall_restores_logging():
 
 # ---------------------------------------------------------------------------- through the server
 
-def test_server_access_line_has_the_apps_request_id(tmp_path, caplog):
+def test_server_access_line_has_the_apps_request_id(app, caplog):
     caplog.set_level(logging.INFO, logger="webassets.access")
-    server = make_server(make_app(tmp_path), "127.0.0.1", 0, workers=2)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_server(app, workers=2) as server:
         connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        server.test_clients.append(connection)
         connection.request("GET", "/healthz", headers={"X-Request-Id": "lb-7", "Referer": "r"})
         response = connection.getresponse()
         response.read()
         connection.request("GET", "/healthz")
         second = connection.getresponse()
         second.read()
-        connection.close()
         deadline = time.monotonic() + 10
         while len(caplog.records) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert response.getheader("X-Request-Id") == "lb-7"
     lines = [record.getMessage() for record in caplog.records if record.name == "webassets.access"]
     first = COMBINED.match(lines[0])

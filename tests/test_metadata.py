@@ -7,50 +7,15 @@ import struct
 import exifread
 import pytest
 
+from tests import fakes
+from tests.fakes import ASCII, SHORT, tiff_block
+from tests.helpers import DATE
 from webassets import metadata
-
-ASCII, SHORT, LONG = 2, 3, 4
-DATE = "2015:05:20 12:16:38"
-
-
-def tiff_block(ifd0, exif_ifd=()):
-    """Return a big-endian TIFF structure holding IFD0 and, if given, an EXIF sub-IFD.
-
-    Entries are (tag, type, value): value is text for ASCII, an int otherwise.
-    """
-    def layout(entries, start):
-        # An IFD: count, 12-byte entries, next-IFD offset; long values go after it.
-        data_at = start + 2 + 12 * len(entries) + 4
-        table, data = struct.pack(">H", len(entries)), b""
-        for tag, kind, value in entries:
-            if kind == ASCII:
-                raw = value.encode("ascii") + b"\0"
-                if len(raw) <= 4:
-                    field = raw.ljust(4, b"\0")
-                else:
-                    field = struct.pack(">I", data_at + len(data))
-                    data += raw + b"\0" * (len(raw) % 2)  # word-aligned
-                table += struct.pack(">HHI", tag, kind, len(raw)) + field
-            else:
-                field = struct.pack(">HH", value, 0) if kind == SHORT else struct.pack(">I", value)
-                table += struct.pack(">HHI", tag, kind, 1) + field
-        return table + struct.pack(">I", 0) + data
-
-    ifd0 = list(ifd0)
-    if exif_ifd:
-        # The EXIF IFD goes right after IFD0; its offset depends on IFD0's size, so lay out twice.
-        ifd0.append((0x8769, LONG, 0))
-        first = layout(ifd0, 8)
-        ifd0[-1] = (0x8769, LONG, 8 + len(first))
-        exif = layout(exif_ifd, 8 + len(first))
-        return b"MM\0*" + struct.pack(">I", 8) + layout(ifd0, 8) + exif
-    return b"MM\0*" + struct.pack(">I", 8) + layout(ifd0, 8)
 
 
 def jpeg_with_exif(tiff, body=b"\xff\xd9"):
     """Return a JPEG: SOI, an APP1 'Exif' segment holding `tiff`, then `body`."""
-    payload = b"Exif\0\0" + tiff
-    return b"\xff\xd8\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + body
+    return fakes.with_exif(b"\xff\xd8" + body, tiff)
 
 
 def canon_jpeg():

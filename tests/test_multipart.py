@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fakes import FakeInput
 from webassets import multipart
 from webassets.multipart import (
     CHUNK_SIZE, BodyTooLarge, IncompleteBody, MultipartError, MultipartReader,
@@ -25,26 +26,9 @@ STORE = b"sp62617394751943871.att.jpg"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) + b"\r\n--\r\n\xff\xd9"
 
 
-class WSGIInput:
-    """A wsgi.input stand-in: only read(n) with an int n > 0, never past the announced end."""
-
-    def __init__(self, data, announced=None, max_read=None):
-        self._data = data
-        self._announced = announced
-        self._max_read = max_read
-        self.pos = 0
-        self.reads = 0
-
-    def read(self, size):
-        assert type(size) is int and size > 0, "read(%r) breaks the WSGI rule" % (size,)
-        if self._announced is not None:
-            assert self.pos + size <= self._announced, "read past Content-Length"
-        self.reads += 1
-        if self._max_read:
-            size = min(size, self._max_read)  # sockets may return short reads
-        data = self._data[self.pos:self.pos + size]
-        self.pos += len(data)
-        return data
+def strict_input(data, announced=None, max_read=None):
+    """Return a wsgi.input that holds the reader to WSGI: read(n), n > 0, never past the end."""
+    return FakeInput(data, max_read=max_read, strict=True, announced=announced)
 
 
 def chrome_body(file_data=JPEG, coll="Colección"):
@@ -96,7 +80,7 @@ def parse(body, boundary, chunk_size=CHUNK_SIZE, length="auto", limit=None, max_
           stream=None):
     """Read every part fully; return [(part, body bytes)]."""
     length = len(body) if length == "auto" else length
-    stream = stream or WSGIInput(body, length, max_read)
+    stream = stream or strict_input(body, length, max_read)
     reader = MultipartReader(stream, boundary, length, limit=limit, chunk_size=chunk_size)
     return [(part, part.read()) for part in reader]
 
@@ -118,7 +102,7 @@ def test_chrome_layout_file_first(chunk_size):
 @pytest.mark.parametrize("chunk_size", SMALL_CHUNKS)
 def test_httpmime_layout_file_last(chunk_size):
     body = httpmime_body()
-    reader = MultipartReader(WSGIInput(body, len(body)), get_boundary(HTTPMIME_TYPE), len(body),
+    reader = MultipartReader(strict_input(body, len(body)), get_boundary(HTTPMIME_TYPE), len(body),
                              chunk_size=chunk_size)
     values, files = {}, []
     for part in reader:
@@ -184,7 +168,7 @@ def test_other_transfer_encoding_rejected():
 def test_preamble_padding_and_epilogue_ignored():
     body = (b"This is the preamble.\r\n--b \t \r\n\r\nfirst\r\n--b\t\r\n\r\nsecond"
             b"\r\n--b-- \r\nepilogue --b\r\n")
-    stream = WSGIInput(body + b"NOT PART OF THE BODY", len(body))
+    stream = strict_input(body + b"NOT PART OF THE BODY", len(body))
     assert [data for _, data in parse(body, b"b", 4, stream=stream)] == [b"first", b"second"]
     assert stream.pos == len(body)  # the epilogue was drained, nothing more was read
 
@@ -271,7 +255,7 @@ def test_memory_stays_flat_for_a_large_part():
 def test_read_sizes_iter_chunks_and_copy_to():
     body = build_body(b"b", [field(b"a", b"0123456789"), field(b"b", b"abcdef"),
                              field(b"c", b"xyz")])
-    reader = MultipartReader(WSGIInput(body, len(body)), b"b", len(body), chunk_size=3)
+    reader = MultipartReader(strict_input(body, len(body)), b"b", len(body), chunk_size=3)
     first, second, third = None, None, None
     for part in reader:
         if part.name == "a":
@@ -294,7 +278,7 @@ def test_read_sizes_iter_chunks_and_copy_to():
 
 def test_unread_parts_are_skipped_and_then_unreadable():
     body = build_body(b"b", [field(b"a", b"A" * 100), field(b"b", b"B"), field(b"c", b"")])
-    reader = MultipartReader(WSGIInput(body, len(body)), b"b", len(body), chunk_size=8)
+    reader = MultipartReader(strict_input(body, len(body)), b"b", len(body), chunk_size=8)
     parts = []
     for part in reader:
         parts.append(part)
@@ -314,7 +298,7 @@ def test_text_charsets_and_limit():
         ([b"Content-Type: text/plain; charset=no-such-charset"], b"ok"),
         ([b"Content-Type: text/plain; charset=hex"], b"ok"),
         ([], b"x" * 11)])
-    reader = MultipartReader(WSGIInput(body, len(body)), b"b", len(body))
+    reader = MultipartReader(strict_input(body, len(body)), b"b", len(body))
     texts = []
     for part in reader:
         if len(texts) < 5:
@@ -338,7 +322,7 @@ def test_every_truncation_is_incomplete_body(chunk_size):
     body = small_body()
     for cut in range(len(body)):
         with pytest.raises(IncompleteBody):
-            parse(body, b"bnd", chunk_size, stream=WSGIInput(body[:cut], len(body)))
+            parse(body, b"bnd", chunk_size, stream=strict_input(body[:cut], len(body)))
 
 
 @pytest.mark.parametrize("chunk_size", (1, 7, 64))
@@ -399,7 +383,7 @@ def test_part_count_limit():
 
 def test_limit_checked_up_front():
     body = chrome_body()
-    stream = WSGIInput(body, len(body))
+    stream = strict_input(body, len(body))
     with pytest.raises(BodyTooLarge):
         MultipartReader(stream, get_boundary(CHROME_TYPE), len(body), limit=len(body) - 1)
     assert stream.reads == 0
@@ -415,7 +399,7 @@ def test_limit_without_content_length(chunk_size):
         parse(body, boundary, chunk_size, length=None, limit=len(body) - 1)
     with pytest.raises(BodyTooLarge):  # also while draining the epilogue
         parse(body + b"epilogue", boundary, chunk_size, length=None, limit=len(body))
-    stream = WSGIInput(body * 100)
+    stream = strict_input(body * 100)
     with pytest.raises(BodyTooLarge):
         parse(body, boundary, chunk_size, length=None, limit=100, stream=stream)
     assert stream.pos <= 101  # never reads more than one byte past the limit
@@ -531,7 +515,7 @@ valid_bodies = st.tuples(
 def consume(body, options):
     """Parse `body`; return the parts or the MultipartError raised. Anything else propagates."""
     length = len(body) if options["use_length"] else None
-    stream = WSGIInput(body, length, options["max_read"])
+    stream = strict_input(body, length, options["max_read"])
     try:
         reader = MultipartReader(stream, FUZZ_BOUNDARY, length, limit=options["limit"],
                                  chunk_size=options["chunk_size"])

@@ -5,7 +5,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from tests.test_thumbnails import png_bytes
+from tests.fakes import free_port, png_bytes
 from webassets import metrics
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
@@ -139,34 +138,21 @@ def test_processes_must_be_positive():
 # ---------------------------------------------------------------- single flight across processes
 
 # Runs `threads` concurrent first requests for one thumbnail through a Thumbnailer whose fake
-# converter logs each call to a file (O_APPEND), then waits a little and writes a PNG.
+# renderer logs each call to a file (O_APPEND), then waits a little and writes a PNG.
 FLIGHT_SCRIPT = textwrap.dedent("""
-    import os, struct, subprocess, sys, threading, time, zlib
+    import os, sys, threading, time
     sys.path.insert(0, sys.argv[1])
-    from webassets.thumbnails import Thumbnailer
+    from tests.fakes import FakeRenderer, fake_thumbnailer
     base, threads, go = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    class LoggedRenderer(FakeRenderer):
+        def render(self, job):
+            with open(os.path.join(base, "calls.log"), "a") as log:
+                log.write("%d\\n" % os.getpid())
+            super().render(job)
 
-    PNG = (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\\0" * 14)) + chunk(b"IEND", b""))
-
-    def run(argv, timeout):
-        if argv[1:] == ["-list", "format"]:
-            return subprocess.CompletedProcess(argv, 0, b"  PNG* PNG  rw+  test\\n", b"")
-        if argv[1:] == ["--version"]:
-            return subprocess.CompletedProcess(argv, 0, b"10.00.0\\n", b"")
-        with open(os.path.join(base, "calls.log"), "a") as log:
-            log.write("%d\\n" % os.getpid())
-        time.sleep(0.3)
-        with open(argv[-1].partition(":")[2], "wb") as f:
-            f.write(PNG)
-        return subprocess.CompletedProcess(argv, 0, b"", b"")
-
-    engine = Thumbnailer(convert="/fake/convert", gs=None, run=run,
-                         lock_dir=os.path.join(base, ".locks"))
+    engine = fake_thumbnailer(LoggedRenderer(delay=0.3), formats=("PNG",),
+                              lock_dir=os.path.join(base, ".locks"))
     engine.formats()
     source = os.path.join(base, "originals", "a.png")
     target = os.path.join(base, "thumbnails", "a_10.png")
@@ -255,10 +241,3 @@ def test_serve_command_reports_every_process_in_metrics(tmp_path):
         assert child.proc.wait(WAIT) == 0
     finally:
         child.close()
-
-
-def free_port():
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -1,15 +1,14 @@
 """Monitoring endpoints (/healthz, /readyz, /metrics), the metrics registry, and key rotation."""
 
-import io
 import os
 import re
-import subprocess
 import sys
 import threading
 
 import pytest
 
-from webassets import config, samples
+from tests.fakes import FakeConverter, FakeInput
+from webassets import config, samples, thumbnails
 from webassets.metrics import Metrics
 from webassets.thumbnails import NullObserver, Thumbnailer
 
@@ -19,32 +18,13 @@ OTHER_KEY = "second-key-0123456789abcdef"
 SAMPLE_LINE = re.compile(r'[a-z_]+(\{([a-z_]+="[^"\\\n]*",?)*\})? -?[0-9.e+-]+\Z|#.*\Z')
 
 
-class FakeTools:
-    """A converter `run` that 'converts' by writing a PNG; optionally waits on a gate."""
-
-    def __init__(self, gate=None):
-        self.gate = gate
-        self.started = threading.Semaphore(0)
-
-    def __call__(self, argv, timeout):
-        if argv[1:] == ["-list", "format"]:
-            return subprocess.CompletedProcess(argv, 0, b"  PNG* PNG rw+ x\n  JPEG* JPEG rw+ x\n",
-                                               b"")
-        if argv[1:] == ["--version"]:
-            return subprocess.CompletedProcess(argv, 0, b"10.0\n", b"")
-        self.started.release()
-        if self.gate is not None:
-            assert self.gate.wait(10)
-        with open(argv[-1].partition(":")[2], "wb") as out:
-            out.write(samples.png())
-        return subprocess.CompletedProcess(argv, 0, b"", b"")
-
-
-def metered_app(tmp_path, tools=None, **overrides):
-    """Return an app whose thumbnail engine uses fake tools and reports to the app's metrics."""
+def metered_app(tmp_path, converter=None, **overrides):
+    """Return an app whose thumbnail engine uses a fake converter and reports to the metrics."""
     app = make_app(tmp_path, **overrides)
-    app.thumbnailer = Thumbnailer(convert=sys.executable, gs=sys.executable, observer=app.metrics,
-                                  run=tools or FakeTools(), max_workers=1, max_queue=1)
+    # sys.executable: a program that exists, for /readyz.
+    tools = thumbnails.Toolchain(sys.executable, sys.executable,
+                                 converter or FakeConverter(("PNG", "JPEG")))
+    app.thumbnailer = Thumbnailer(tools=tools, observer=app.metrics, max_workers=1, max_queue=1)
     app.metrics.thumbnailer = app.thumbnailer
     return app
 
@@ -117,14 +97,14 @@ def test_readyz_store_not_writable(tmp_path):
 
 def test_readyz_converters(tmp_path):
     app = metered_app(tmp_path)
-    app.thumbnailer.gs = str(tmp_path / "no-gs")
+    app.thumbnailer.tools.gs = str(tmp_path / "no-gs")
     result = call(app, "GET", "/readyz")
     assert result.status == 503
     assert b"FAIL converters: Ghostscript (gs) not found, needed for PDF\n" in result.body
     no_pdf = metered_app(tmp_path, CAN_THUMBNAIL=["image/png"])
-    no_pdf.thumbnailer.gs = None
+    no_pdf.thumbnailer.tools.gs = None
     assert call(no_pdf, "GET", "/readyz").status == 200
-    no_pdf.thumbnailer.convert = "no-such-convert-program"
+    no_pdf.thumbnailer.tools.convert = "no-such-convert-program"
     assert b"ImageMagick (convert/magick) not found" in call(no_pdf, "GET", "/readyz").body
 
 
@@ -184,8 +164,8 @@ def test_metrics_thumbnail_hits_misses_and_conversions(tmp_path):
 
 def test_metrics_in_flight_queued_and_rejections(tmp_path):
     gate = threading.Event()
-    tools = FakeTools(gate)
-    app = metered_app(tmp_path, tools)  # one converter slot, one queue place
+    converter = FakeConverter(("PNG", "JPEG"), gate=gate)
+    app = metered_app(tmp_path, converter)  # one converter slot, one queue place
     for name in ("a.png", "b.png", "c.png"):
         put_original(tmp_path, name)
     results = []
@@ -193,7 +173,7 @@ def test_metrics_in_flight_queued_and_rejections(tmp_path):
                for name in ("a.png", "b.png")]
     try:
         threads[0].start()
-        assert tools.started.acquire(timeout=10)
+        assert converter.started.acquire(timeout=10)
         threads[1].start()
         for _ in range(200):
             if app.thumbnailer.pending == 2:
@@ -213,37 +193,29 @@ def test_metrics_in_flight_queued_and_rejections(tmp_path):
     assert sorted(result.status for result in results) == [200, 200]
 
 
-class StalledBody(io.BytesIO):
-    """A request body that stops after its first read until `resume` is set."""
-
-    def __init__(self, data):
-        super().__init__(data)
-        self.reading = threading.Event()
-        self.resume = threading.Event()
-
-    def read(self, size=-1):
-        if self.tell():
-            self.reading.set()
-            assert self.resume.wait(10)
-        return super().read(min(size, 100) if size and size > 0 else size)
-
-
 def test_metrics_uploads_in_progress(tmp_path):
     from .helpers import sp7_upload
 
     app = metered_app(tmp_path)
     body, headers = sp7_upload(U7, b"y" * 5000, token(U7))
-    stalled = StalledBody(body)
+    reading, resume = threading.Event(), threading.Event()
+
+    def stall(stream):  # the client stops after its first 100 bytes until `resume`
+        if stream.count:
+            reading.set()
+            assert resume.wait(10)
+
+    stalled = FakeInput(body, max_read=100, before_read=stall)
     headers["Content-Length"] = str(len(body))
     done = []
     thread = threading.Thread(target=lambda: done.append(
         call(app, "POST", "/fileupload", body=stalled, headers=headers)))
     thread.start()
     try:
-        assert stalled.reading.wait(10)
+        assert reading.wait(10)
         during = scrape(app)["webassets_uploads_in_progress"]
     finally:
-        stalled.resume.set()
+        resume.set()
         thread.join(10)
     assert during == 1 and done[0].status == 200
     assert scrape(app)["webassets_uploads_in_progress"] == 0

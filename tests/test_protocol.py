@@ -1,15 +1,12 @@
-"""Conformance: every item of PROTOCOL.md section 9, in-process, for CFG-A..CFG-F."""
+"""Conformance: every item of tests/PROTOCOL.md section 9, in-process, for CFG-A..CFG-F."""
 
 import errno
+import functools
 import hashlib
-import io
 import json
 import os
 import random
 import re
-import shutil
-import struct
-import subprocess
 import time
 import xml.dom.minidom
 import xml.etree.ElementTree as ElementTree
@@ -18,18 +15,17 @@ from urllib.parse import quote_plus, unquote, urlencode, urlsplit
 
 import pytest
 
+from tests.fakes import FakeClock, FakeInput
 from tests.helpers import (
-    COLL, KEY, SP6_BOUNDARY, SP7_BOUNDARY, U6, U7, call, make_settings, multipart_body,
-    sp6_upload, sp7_upload, token,
+    CONVERT, COLL, DATE, KEY, NOW, SP6_BOUNDARY, SP7_BOUNDARY, U6, U7, call, decode,
+    make_settings, multipart_body, needs_convert, sp6_upload, sp7_upload, token,
 )
 from tests.lifecycle import Sp6Client, Sp7Backend, WSGIClient
-from webassets import auth, config, multipart, samples, storage
+from webassets import auth, config, multipart, storage, thumbnails
 from webassets.app import create_app
 
 # --------------------------------------------------------------------------- configurations
 
-# A fractional second on purpose: tokens are judged in whole seconds, like the reference.
-NOW = 1700000000.75
 CFGS = {
     "A": {},
     "B": {"REQUIRE_KEY_FOR_GET": True},
@@ -52,7 +48,6 @@ PROTOCOL_PATHS = ("/testkey", "/fileupload", "/filedelete", "/fileget", "/getmet
                   "/web_asset_store.xml")
 RANDOM = "6f1c5a4e-2b0e-4c1e-9d55-8f0b7b2f3a11"
 ROOT7 = U7[:-len(".jpg")]
-DATE = "2015:05:20 12:16:38"
 FORM = "application/x-www-form-urlencoded"
 SP6_EXTRA = [("disp", "Ichthyology"), ("div", "Fish"), ("inst", "KU")]
 
@@ -69,11 +64,6 @@ REFERENCE_XML = (
 URL_PATHS = {"read": "fileget", "write": "fileupload", "delete": "filedelete",
              "getmetadata": "getmetadata", "testkey": "testkey"}
 
-# The brief asks for the real ImageMagick, not a stand-in earlier on PATH.
-CONVERT = "/usr/bin/convert" if os.access("/usr/bin/convert", os.X_OK) else shutil.which("convert")
-needs_convert = pytest.mark.skipif(CONVERT is None, reason="ImageMagick's convert is not installed")
-
-
 def configs(names):
     """Run a test once per named configuration."""
     return pytest.mark.parametrize("cfg", list(names))
@@ -85,32 +75,21 @@ def config_cases(*pairs):
                                                 for cfg in names])
 
 
-class Clock:
-    """A settable server clock (the app reads it at arrival and for X-Timestamp)."""
-
-    def __init__(self, now=NOW):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-_SHARED = {}
-
-
-def shared_thumbnailer(settings):
-    """Return one real Thumbnailer for the whole run (it probes ImageMagick only once)."""
-    if "thumbnailer" not in _SHARED:
-        _SHARED["thumbnailer"] = create_app(settings).thumbnailer
-    return _SHARED["thumbnailer"]
+@functools.lru_cache(maxsize=None)
+def probed_tools():
+    """Return the run's one Toolchain: ImageMagick is asked for its formats only once."""
+    return thumbnails.Toolchain(convert=CONVERT)
 
 
 def build(tmp_path, cfg="A", clock=None, **overrides):
-    """Return an app for CFG-<cfg> plus overrides; its store is tmp_path/store."""
+    """Return an app (with its own thumbnail engine) for CFG-<cfg> plus overrides.
+
+    Its store is tmp_path/store; only the probed converters are shared between apps.
+    """
     values = dict(CFGS[cfg], CONVERT=CONVERT)
     values.update(overrides)
     settings = make_settings(tmp_path / "store", **values)
-    return create_app(settings, thumbnailer=shared_thumbnailer(settings), clock=clock or Clock())
+    return create_app(settings, clock=clock or FakeClock(NOW), tools=probed_tools())
 
 
 @pytest.fixture
@@ -290,108 +269,13 @@ def sp6_client(app, offset=0):
     return Sp6Client(wsgi(app), offset=offset, clock=app.clock)
 
 
-# --------------------------------------------------------------------------- pictures
+def slow_input(body, clock, seconds_per_read):
+    """Return the wsgi.input of a slow client: 16 KiB reads, each advancing `clock`."""
 
-def _run_convert(args, data=None):
-    return subprocess.run([CONVERT] + args, input=data, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, check=True).stdout
+    def tick(_):
+        clock.now += seconds_per_read
 
-
-def exif_segment(make="Canon", date=DATE):
-    """Return a JPEG APP1 segment with IFD0 Make and EXIF DateTimeOriginal (big-endian TIFF)."""
-    make_bytes, date_bytes = make.encode() + b"\0", date.encode() + b"\0"
-    exif_ifd = 8 + 2 + 2 * 12 + 4
-    data = exif_ifd + 2 + 12 + 4
-
-    def entry(tag, kind, count, value):
-        return struct.pack(">HHII", tag, kind, count, value)
-
-    tiff = (b"MM\x00\x2a" + struct.pack(">I", 8)
-            + struct.pack(">H", 2) + entry(0x010F, 2, len(make_bytes), data)
-            + entry(0x8769, 4, 1, exif_ifd) + struct.pack(">I", 0)
-            + struct.pack(">H", 1) + entry(0x9003, 2, len(date_bytes), data + len(make_bytes))
-            + struct.pack(">I", 0) + make_bytes + date_bytes)
-    payload = b"Exif\0\0" + tiff
-    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-
-
-@pytest.fixture(scope="session")
-def images():
-    """Generate the test pictures with the real ImageMagick."""
-    if CONVERT is None:
-        pytest.skip("ImageMagick's convert is not installed")
-    jpeg = _run_convert(["-size", "400x300", "gradient:red-blue", "-strip", "jpeg:-"])
-    heic = _run_convert(["-size", "400x300", "xc:green", "heic:-"])
-    return {
-        "jpeg": jpeg,
-        "exif": jpeg[:2] + exif_segment() + jpeg[2:],
-        "small": _run_convert(["-size", "50x40", "xc:orange", "-strip", "jpeg:-"]),
-        ".tif": _run_convert(["-size", "400x300", "xc:blue", "tiff:-"]),
-        ".heic": heic,
-        ".heif": heic,
-        ".pdf": samples.pdf(),  # ImageMagick's policy here forbids writing PDF
-    }
-
-
-def decode(data):
-    """Decode an image with ImageMagick; return (width, height, format)."""
-    width, height, fmt = _run_convert(["-", "-format", "%w %h %m", "info:"], data).split()
-    return int(width), int(height), fmt.decode()
-
-
-# --------------------------------------------------------------------------- wsgi.input stand-ins
-
-class CountingInput:
-    """wsgi.input that counts the bytes the app read (and can end early: a disconnect)."""
-
-    def __init__(self, data, cut=None):
-        self.stream = io.BytesIO(data if cut is None else data[:cut])
-        self.count = 0
-
-    def read(self, size=-1):
-        data = self.stream.read(size)
-        self.count += len(data)
-        return data
-
-    # wsgiref.validate insists that wsgi.input has these too; the app never calls them.
-    def readline(self, size=-1):
-        raise NotImplementedError
-
-    readlines = __iter__ = readline
-
-
-class SlowInput(CountingInput):
-    """wsgi.input of a slow client: short reads, each advancing the server clock."""
-
-    TRICKLE = 16 * 1024  # at most this much arrives per read, whatever the server asks for
-
-    def __init__(self, data, clock, seconds_per_read):
-        super().__init__(data)
-        self.clock, self.step = clock, seconds_per_read
-
-    def read(self, size=-1):
-        self.clock.now += self.step
-        return super().read(min(size, self.TRICKLE))
-
-
-class StreamInput(CountingInput):
-    """wsgi.input made of byte chunks produced on demand (a 50 MiB body never in memory)."""
-
-    def __init__(self, chunks):
-        super().__init__(b"")
-        self.chunks, self.pending, self.offset = iter(chunks), b"", 0
-
-    def read(self, size=-1):
-        while self.offset >= len(self.pending):
-            self.pending, self.offset = next(self.chunks, None), 0
-            if self.pending is None:
-                self.pending = b""
-                return b""
-        end = len(self.pending) if size is None or size < 0 else self.offset + size
-        data = self.pending[self.offset:end]
-        self.offset += len(data)
-        self.count += len(data)
-        return data
+    return FakeInput(body, max_read=16 * 1024, before_read=tick)
 
 
 def raw_post(app, body_input, length, headers):
@@ -706,11 +590,11 @@ def test_30_unsafe_store(tmp_path, app, layout):
 @configs(ALL)
 @pytest.mark.parametrize("layout", ["sp7", "sp6"])
 def test_31_slow_upload(tmp_path, cfg, layout):
-    clock = Clock()
+    clock = FakeClock(NOW)
     app = build(tmp_path, cfg, clock=clock)
     content = pseudo_random(400 * 1024, 31)
     body, headers = (sp7_upload if layout == "sp7" else sp6_upload)(U7, content, T(app, U7))
-    res = req(app, "POST", "/fileupload", body=SlowInput(body, clock, 40),
+    res = req(app, "POST", "/fileupload", body=slow_input(body, clock, 40),
               headers=dict(headers, **{"Content-Length": str(len(body))}))
     assert res.status == 200
     assert clock.now >= NOW + 200
@@ -731,7 +615,7 @@ def test_32_large_upload(app):
             yield chunk
         yield prefix_suffix[cut:]
 
-    res = raw_post(app, StreamInput(chunks()), len(prefix_suffix) + size, headers)
+    res = raw_post(app, FakeInput(chunks()), len(prefix_suffix) + size, headers)
     assert res.status == 200
     body = fileget(app, U7).body
     assert len(body) == size and hashlib.sha256(body).digest() == expected.digest()
@@ -1346,7 +1230,7 @@ def test_extra_type_t_upload_never_touches_originals(tmp_path, app, layout):
 @configs(WITH_KEY)
 def test_extra_sp6_bad_token_refused_before_body(app):
     body, headers = sp6_upload(U6, pseudo_random(8 << 20, 6), T(app, U6, key="wrong"))
-    stream = CountingInput(body)
+    stream = FakeInput(body)
     assert raw_post(app, stream, len(body), headers).status == 403
     assert stream.count <= multipart.CHUNK_SIZE  # one read buffer of the 8 MiB body at most
 
@@ -1357,7 +1241,7 @@ def test_extra_interrupted_upload(app, layout):
     put_ok(app, U7, b"previous")
     body, headers = (sp7_upload if layout == "sp7" else sp6_upload)(
         U7, pseudo_random(300 * 1024, 7), T(app, U7))
-    res = raw_post(app, CountingInput(body, cut=200 * 1024), len(body), headers)
+    res = raw_post(app, FakeInput(body, cut=200 * 1024), len(body), headers)
     assert res.status == 400
     assert fileget(app, U7).body == b"previous"
     assert listing(originals_dir(app)) == [U7]
@@ -1474,13 +1358,13 @@ def test_extra_refused_token_reason_is_logged(app, caplog):
     assert "Refused GET /testkey: malformed token" in caplog.text
 
 
-def test_extra_os_error_reason_names_no_server_path(app):
+def test_extra_os_error_reason_names_no_server_path(app, monkeypatch):
     """A FileNotFoundError that escapes (e.g. a race with a delete) is a plain 404."""
 
     def vanished(source, target, scale):
         raise FileNotFoundError(2, "No such file or directory", source)
 
-    app.thumbnailer.thumbnail = vanished
+    monkeypatch.setattr(app.thumbnailer, "thumbnail", vanished)
     put_ok(app, U7, b"x")
     res = req(app, "GET", "/fileget", {"type": "T", "filename": U7, "scale": "123"})
     assert res.status == 404

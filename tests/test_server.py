@@ -1,6 +1,5 @@
 """Real-socket tests of the built-in server (webassets.server) on 127.0.0.1."""
 
-import contextlib
 import http.client
 import logging
 import os
@@ -16,6 +15,7 @@ import time
 
 import pytest
 
+from tests import fakes
 from webassets.server import make_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,24 +25,9 @@ DATA = bytes(range(256)) * 4096  # 1 MiB with a position-dependent pattern
 
 # ---------------------------------------------------------------- fixtures (reusable)
 
-@contextlib.contextmanager
 def running_server(app, **kwargs):
-    """Serve `app` on 127.0.0.1 (ephemeral port) in a thread; yield the server; stop it."""
-    kwargs.setdefault("workers", 4)
-    kwargs.setdefault("timeout", WAIT)
-    server = make_server(app, "127.0.0.1", 0, **kwargs)
-    server.test_clients = []  # closed on exit; see connect() and raw_connect()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                              daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        for client in server.test_clients:
-            client.close()
-        server.shutdown(timeout=WAIT)
-        server.server_close()
-        thread.join(WAIT)
+    """Serve `app` in a thread (tests.fakes.running_server) with this module's WAIT."""
+    return fakes.running_server(app, wait=WAIT, **kwargs)
 
 
 def connect(server):

@@ -11,43 +11,24 @@ import zlib
 
 import pytest
 
+from tests.fakes import (
+    FakeConverter, FakeRenderer, fake_thumbnailer, fake_tools, jpeg_header, png_bytes, png_chunk,
+)
+from tests.helpers import CONVERT, needs_convert
 from webassets import imageformats, thumbnails
 from webassets.thumbnails import BadScale, Busy, NotThumbnailable, ThumbnailError, Thumbnailer
 
-CONVERT = shutil.which("magick") or shutil.which("convert")
 GS = shutil.which("gs")
-NO_CONVERT = "ImageMagick (magick/convert) is not installed"
-needs_convert = pytest.mark.skipif(CONVERT is None, reason=NO_CONVERT)
 needs_gs = pytest.mark.skipif(GS is None, reason="Ghostscript (gs) is not installed")
 
 
 # ------------------------------------------------------------------------- inputs built in Python
-
-def png_chunk(kind, data):
-    checksum = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", checksum)
-
-
-def png_bytes(width, height, pixel=lambda x, y: (255, 0, 0, 255)):
-    """Return an 8-bit RGBA PNG whose pixels come from pixel(x, y)."""
-    rows = b"".join(b"\0" + bytes(value for x in range(width) for value in pixel(x, y))
-                    for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
-
 
 def png_bomb(width=30000, height=30000):
     """Return a PNG header claiming width x height over a few bytes of pixel data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
             + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
-
-
-def jpeg_header(width, height):
-    """Return the start of a baseline JPEG: SOI and a SOF0 segment (enough for sniffing)."""
-    sof = struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
-    return b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
 
 
 def pdf_bytes(pages):
@@ -160,6 +141,15 @@ def test_thumbnail_name(name, scale, expected):
 ])
 def test_is_thumbnail_of(name, candidate, expected):
     assert thumbnails.is_thumbnail_of(name, candidate) is expected
+
+
+@pytest.mark.parametrize("candidate, expected", [
+    ("a_200.jpg", ("a", 200, ".jpg")), ("scan_2024_64", ("scan_2024", 64, "")),
+    ("v1_200.0_final", ("v1", 200, ".0_final")), ("a_1234567890.png", ("a", 1234567890, ".png")),
+    ("a_.jpg", None), ("a_12a.jpg", None), ("_200.jpg", None), ("a200.jpg", None),
+])
+def test_parse_thumbnail_name(candidate, expected):
+    assert thumbnails.parse_thumbnail_name(candidate) == expected
 
 
 def test_output_format_follows_the_name():
@@ -303,47 +293,7 @@ def test_run_command_kills_the_process_group_on_timeout(tmp_path):
     assert not marker.exists()
 
 
-# ------------------------------------------------------------------------- engine with fake tools
-
-FAKE_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "HEIC", "WEBP", "BMP")
-
-
-class FakeTools:
-    """A `run` stand-in: answers the probes, 'converts' by writing a 10x10 PNG/JPEG."""
-
-    def __init__(self, returncode=0, gate=None, formats=FAKE_FORMATS, partial=False):
-        self.returncode = returncode
-        self.gate = gate
-        self.started = threading.Event()
-        self.formats = formats
-        self.partial = partial
-        self.calls = []
-        self._lock = threading.Lock()
-
-    def __call__(self, argv, timeout):
-        if argv[1:] == ["-list", "format"]:
-            listing = "".join("  %s* %s  rw+  test\n" % (name, name) for name in self.formats)
-            return subprocess.CompletedProcess(argv, 0, listing.encode(), b"")
-        if argv[1:] == ["--version"]:
-            return subprocess.CompletedProcess(argv, 0, b"10.00.0\n", b"")
-        with self._lock:
-            self.calls.append(argv)
-        self.started.set()
-        if self.gate is not None:
-            assert self.gate.wait(10)
-        if "-o" in argv:  # gs
-            coder, path = "png", argv[argv.index("-o") + 1]
-        else:
-            coder, _, path = argv[-1].partition(":")
-        data = png_bytes(10, 10) if coder == "png" else jpeg_header(10, 10)
-        with open(path, "wb") as f:
-            f.write(data[:20] if self.partial else data)
-        return subprocess.CompletedProcess(argv, self.returncode, b"", b"fake failure")
-
-
-def make_thumbnailer(run, **options):
-    return Thumbnailer(convert="/fake/convert", gs="/fake/gs", run=run, **options)
-
+# ------------------------------------------------------------------------- the scheduler
 
 @pytest.fixture
 def source(tmp_path):
@@ -357,10 +307,10 @@ def thumbs(tmp_path, name="a_10.png"):
     return str(tmp_path / "thumbnails" / name)
 
 
-def test_single_flight_with_fake_tools(tmp_path, source):
+def test_single_flight(tmp_path, source):
     gate = threading.Event()
-    tools = FakeTools(gate=gate)
-    thumbnailer = make_thumbnailer(tools)
+    renderer = FakeRenderer(gate=gate)
+    thumbnailer = fake_thumbnailer(renderer)
     results, errors = [], []
 
     def request():
@@ -372,38 +322,32 @@ def test_single_flight_with_fake_tools(tmp_path, source):
     threads = [threading.Thread(target=request) for _ in range(32)]
     for thread in threads:
         thread.start()
-    assert tools.started.wait(10)
+    assert renderer.first.wait(10)
     time.sleep(0.05)  # let the other 31 reach the flight
     gate.set()
     for thread in threads:
         thread.join(10)
     assert errors == [] and results == ["image/png"] * 32
-    assert len(tools.calls) == 1
+    assert len(renderer.calls) == 1
 
 
 def test_cached_thumbnail_is_not_rendered_again(tmp_path, source):
-    tools = FakeTools()
-    thumbnailer = make_thumbnailer(tools)
+    renderer = FakeRenderer()
+    thumbnailer = fake_thumbnailer(renderer)
     assert thumbnailer.thumbnail(source, thumbs(tmp_path), 10) == "image/png"
     assert thumbnailer.thumbnail(source, thumbs(tmp_path), 10) == "image/png"
-    assert len(tools.calls) == 1
+    assert len(renderer.calls) == 1
     # A source newer than its thumbnail (re-uploaded) is rendered again.
     old = os.stat(source).st_mtime - 100
     os.utime(thumbs(tmp_path), (old, old))
     thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
-    assert len(tools.calls) == 2
-    # A source dated in the future is rendered once, not on every request.
-    future = time.time() + 3600
-    os.utime(source, (future, future))
-    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
-    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
-    assert len(tools.calls) == 3
+    assert len(renderer.calls) == 2
 
 
 def test_busy_when_the_queue_is_full(tmp_path, source):
     gate = threading.Event()
-    tools = FakeTools(gate=gate)
-    thumbnailer = make_thumbnailer(tools, max_workers=1, max_queue=1)
+    renderer = FakeRenderer(gate=gate)
+    thumbnailer = fake_thumbnailer(renderer, max_workers=1, max_queue=1)
 
     def request(scale):
         target = thumbs(tmp_path, "a_%d.png" % scale)
@@ -411,7 +355,7 @@ def test_busy_when_the_queue_is_full(tmp_path, source):
 
     running, queued = request(1), request(2)
     running.start()
-    assert tools.started.wait(10)
+    assert renderer.first.wait(10)
     queued.start()
     deadline = time.monotonic() + 10
     while thumbnailer.pending < 2 and time.monotonic() < deadline:
@@ -426,42 +370,30 @@ def test_busy_when_the_queue_is_full(tmp_path, source):
     for thread in (running, queued, follower):
         thread.join(10)
     assert thumbnailer.thumbnail(source, thumbs(tmp_path, "a_3.png"), 3) == "image/png"
-    assert len(tools.calls) == 3
+    assert len(renderer.calls) == 3
 
 
 def test_failures_are_remembered(tmp_path, source):
     now = [1000.0]
-    tools = FakeTools(returncode=1, partial=True)
-    thumbnailer = make_thumbnailer(tools, failure_ttl=60, clock=lambda: now[0])
+    renderer = FakeRenderer(error=ThumbnailError("convert could not convert this file"))
+    thumbnailer = fake_thumbnailer(renderer, failure_ttl=60, clock=lambda: now[0])
     for _ in range(3):
         with pytest.raises(ThumbnailError, match="could not convert"):
             thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
-    assert len(tools.calls) == 1
-    # Never a partial file, never a leftover work directory.
-    assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
+    assert len(renderer.calls) == 1
     now[0] += 61
     with pytest.raises(ThumbnailError):
         thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
-    assert len(tools.calls) == 2
+    assert len(renderer.calls) == 2
     # A new upload (new mtime) is tried at once.
     os.utime(source, (now[0], os.stat(source).st_mtime + 5))
-    tools.returncode, tools.partial = 0, False
+    renderer.error = None
     assert thumbnailer.thumbnail(source, thumbs(tmp_path), 10) == "image/png"
-
-
-def test_timeouts_and_missing_tools_are_thumbnail_errors(tmp_path, source):
-    def timeout(argv, timeout):
-        if "-list" in argv or "--version" in argv:
-            return FakeTools()(argv, timeout)
-        raise subprocess.TimeoutExpired(argv, timeout)
-    with pytest.raises(ThumbnailError, match="timed out"):
-        make_thumbnailer(timeout, timeout=5).thumbnail(source, thumbs(tmp_path), 10)
-    assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
 
 
 def test_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError):
-        make_thumbnailer(FakeTools()).thumbnail(str(tmp_path / "nope.jpg"), thumbs(tmp_path), 10)
+        fake_thumbnailer().thumbnail(str(tmp_path / "nope.jpg"), thumbs(tmp_path), 10)
 
 
 @pytest.mark.parametrize("kind, name", [("svg", "x.jpg"), ("mvg", "x.jpg"), ("ps", "x.pdf"),
@@ -470,46 +402,94 @@ def test_missing_source(tmp_path):
 def test_hostile_or_unknown_content_is_not_thumbnailable(tmp_path, kind, name):
     path = tmp_path / name
     path.write_bytes(HOSTILE[kind])
-    tools = FakeTools()
+    renderer = FakeRenderer()
     with pytest.raises(NotThumbnailable):
-        make_thumbnailer(tools).thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10)
-    assert tools.calls == []
+        fake_thumbnailer(renderer).thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10)
+    assert renderer.calls == []
 
 
 def test_decompression_bomb_fails_fast(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bomb(30000, 30000))
-    tools = FakeTools()
+    renderer = FakeRenderer()
     started = time.monotonic()
     with pytest.raises(ThumbnailError, match="too large") as caught:
-        make_thumbnailer(tools).thumbnail(str(path), thumbs(tmp_path, "bomb_10.png"), 10)
+        fake_thumbnailer(renderer).thumbnail(str(path), thumbs(tmp_path, "bomb_10.png"), 10)
     assert not isinstance(caught.value, NotThumbnailable)
-    assert time.monotonic() - started < 1 and tools.calls == []
+    assert time.monotonic() - started < 1 and renderer.calls == []
 
 
 def test_can_thumbnail_and_missing_coders(tmp_path, source):
     with pytest.raises(NotThumbnailable, match="disabled"):
-        jpeg_only = make_thumbnailer(FakeTools(), can_thumbnail={"image/jpeg"})
+        jpeg_only = fake_thumbnailer(can_thumbnail={"image/jpeg"})
         jpeg_only.thumbnail(source, thumbs(tmp_path), 10)
-    no_heic = make_thumbnailer(FakeTools(formats=("JPEG", "PNG")))
+    no_heic = fake_thumbnailer(formats=("JPEG", "PNG"))
     assert no_heic.formats()["heic"] is False and no_heic.formats()["png"] is True
     path = tmp_path / "x.heic"
     path.write_bytes(heif_head(b"heic", b"mif1"))
     with pytest.raises(NotThumbnailable, match="HEIC"):
         no_heic.thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10)
-    nothing = Thumbnailer(convert=None, gs=None, run=FakeTools())
-    nothing.convert = nothing.gs = None  # as if neither is installed
-    nothing._formats = None
+    nothing = fake_tools()
+    nothing.convert = nothing.gs = None  # as if neither is installed (not probed yet)
     assert not any(nothing.formats().values())
+
+
+def test_one_toolchain_is_probed_once():
+    tools = fake_tools()
+    probes = []
+    run = tools.run
+    tools.run = lambda argv, timeout: probes.append(argv) or run(argv, timeout)
+    engines = [Thumbnailer(tools=tools) for _ in range(3)]
+    assert all(engine.formats()["pdf"] for engine in engines)
+    assert len(probes) == 2  # convert -list format, gs --version
+
+
+# ------------------------------------------------------------------------- the renderer, fake tools
+
+def renderer_job(source, target, scale=10):
+    """Return the Job the scheduler would hand the renderer for `source`."""
+    fmt, size = fake_thumbnailer().inspect(source)
+    return thumbnails.Job(os.path.abspath(source), fmt, size, os.stat(source).st_mtime_ns,
+                          os.path.abspath(target), scale)
+
+
+def test_renderer_leaves_no_partial_file_and_no_work_directory(tmp_path, source):
+    converter = FakeConverter(returncode=1, partial=True)
+    renderer = thumbnails.Renderer(thumbnails.Toolchain("/fake/convert", "/fake/gs", converter))
+    with pytest.raises(ThumbnailError, match="could not convert"):
+        renderer.render(renderer_job(source, thumbs(tmp_path)))
+    assert len(converter.calls) == 1
+    assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
+
+
+def test_renderer_dates_a_thumbnail_no_earlier_than_its_source(tmp_path, source):
+    converter = FakeConverter()
+    thumbnailer = Thumbnailer(tools=thumbnails.Toolchain("/fake/convert", "/fake/gs", converter))
+    # A source dated in the future is rendered once, not on every request.
+    future = time.time() + 3600
+    os.utime(source, (future, future))
+    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    thumbnailer.thumbnail(source, thumbs(tmp_path), 10)
+    assert len(converter.calls) == 1
+
+
+def test_timeouts_and_missing_tools_are_thumbnail_errors(tmp_path, source):
+    def timeout(argv, timeout):
+        raise subprocess.TimeoutExpired(argv, timeout)
+    renderer = thumbnails.Renderer(thumbnails.Toolchain("/fake/convert", "/fake/gs", timeout),
+                                   timeout=5)
+    with pytest.raises(ThumbnailError, match="timed out"):
+        renderer.render(renderer_job(source, thumbs(tmp_path)))
+    assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
 
 
 def test_pdf_goes_to_ghostscript(tmp_path):
     path = tmp_path / "x.pdf"
     path.write_bytes(pdf_bytes([(300, 200)]))
-    tools = FakeTools()
-    target = thumbs(tmp_path, "x_10.png")
-    assert make_thumbnailer(tools).thumbnail(str(path), target, 10) == "image/png"
-    assert [os.path.basename(argv[0]) for argv in tools.calls] == ["gs"]
+    converter = FakeConverter()
+    thumbnailer = Thumbnailer(tools=thumbnails.Toolchain("/fake/convert", "/fake/gs", converter))
+    assert thumbnailer.thumbnail(str(path), thumbs(tmp_path, "x_10.png"), 10) == "image/png"
+    assert [os.path.basename(argv[0]) for argv in converter.calls] == ["gs"]
 
 
 # ---------------------------------------------------------------------------- real ImageMagick / gs
@@ -531,7 +511,7 @@ def identify(path):
 @pytest.fixture(scope="module")
 def real():
     if CONVERT is None:
-        pytest.skip(NO_CONVERT)
+        pytest.skip("ImageMagick is not installed")
     return Thumbnailer()
 
 

@@ -10,32 +10,23 @@ import tempfile
 import time
 
 from . import __version__, config, logutil
+from .exitcodes import EXIT_ATTENTION, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from .exitcodes import HELP as EXIT_HELP
 
 logger = logging.getLogger("webassets")
 
-# Exit statuses scripts can rely on (also in `webassets --help`).
-EXIT_OK, EXIT_FAULT, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-EXIT_HELP = """\
-exit status:
-  0    success; nothing needs attention
-  1    something needs attention: check found a FAIL; fsck or prune left a problem (with
-       --dry-run: found something to repair); pregen had a failed conversion; serve could
-       not listen
-  2    bad command line or settings (including an unknown --coll)
-  130  interrupted (Ctrl-C); pregen stops after the conversions running, and resumes later
-"""
+def _load(args, **overrides):
+    """Load the settings named on the command line (or WEBASSETS_SETTINGS), then `overrides`.
 
-
-def _load(args):
-    """Load the settings named on the command line (or WEBASSETS_SETTINGS)."""
+    The command line's values are checked as the file's are; ConfigError.
+    """
     settings = config.load(args.settings)
-    overrides = {}
     if getattr(args, "host", None):
         overrides["BIND_ADDRESS"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["PORT"] = args.port
-    return settings._replace(**overrides)
+    return config.override(settings, overrides, "the command line")
 
 
 def _source(args):
@@ -67,17 +58,12 @@ def _existing_store(settings):
 def cmd_serve(args):
     """Run the built-in server (PROCESSES x WORKERS request slots) until SIGTERM/SIGINT."""
     from .app import create_app
-    from .handlers import public_base
     from .server import serve
 
     settings = _load(args)
     logutil.set_format(args.log, settings.ACCESS_LOG_FORMAT)
     prepare_store(settings)
     processes = settings.processes
-    if settings.THUMBNAIL_WORKERS is None:
-        # The conversion slots of all processes together: about one per CPU.
-        cpus = os.cpu_count() or 1
-        settings = settings._replace(THUMBNAIL_WORKERS=-(-cpus // processes))
     app = create_app(settings)
     formats = app.thumbnailer.formats()  # probed once here, before the workers fork
     missing = sorted(name for name, ok in formats.items() if not ok)
@@ -93,7 +79,7 @@ def cmd_serve(args):
                     __version__, settings.BIND_ADDRESS, server.server_port, processes,
                     settings.WORKERS, settings.BASE_DIR)
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
-                    public_base(settings))
+                    settings.public_base())
 
     metrics_dir = None
     if processes > 1 and app.metrics is not None:
@@ -110,7 +96,7 @@ def cmd_serve(args):
     except OSError as ex:
         logger.error("Cannot listen on %s:%d: %s", settings.BIND_ADDRESS, settings.PORT,
                      ex.strerror or ex)
-        return EXIT_FAULT
+        return EXIT_ATTENTION
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -152,9 +138,11 @@ def cmd_pregen(args):
     """Make missing thumbnails ahead of time."""
     from . import admin, storage
 
-    settings = _load(args)
+    # pregen is a process of its own: by default its conversions may use every CPU.
+    overrides = {"PROCESSES": 1}
     if args.jobs:
-        settings = settings._replace(THUMBNAIL_WORKERS=args.jobs)
+        overrides["THUMBNAIL_WORKERS"] = args.jobs
+    settings = _load(args, **overrides)
     app = _existing_store(settings)
     try:
         return admin.pregen(app.store, app.thumbnailer, settings, sizes=args.sizes,

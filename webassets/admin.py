@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import queue
-import re
 import shutil
 import stat
 import sys
@@ -14,20 +13,16 @@ import time
 from typing import NamedTuple
 
 from . import logutil, storage, thumbnails
+from .exitcodes import EXIT_ATTENTION, EXIT_OK
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXIT_OK", "EXIT_ATTENTION", "Area", "areas", "parse_thumbnail", "pregen", "prune",
-           "fsck", "stats", "human_size"]
+__all__ = ["Area", "areas", "pregen", "prune", "fsck", "stats", "human_size"]
 
-# Exit statuses: 0 nothing needs attention; 1 something does (a failure, a problem left,
-# or with --dry-run something that would be repaired). 2 (bad usage or settings) is main's.
-EXIT_OK, EXIT_ATTENTION = 0, 1
 DEFAULT_GRACE = 3600  # seconds: a temporary file younger than this may belong to a live request
 DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
 MAX_LISTED_FAILURES = 20
-_THUMB_STEM = re.compile(r"(.+)_([0-9]{1,9})\Z", re.S)
 
 
 class Area(NamedTuple):
@@ -59,12 +54,6 @@ def areas(store, coll=None):
         if wanted is None or area.originals == wanted:
             found.append(area)
     return found
-
-
-def parse_thumbnail(name):
-    """Return (root, scale) of a '<root>_<scale><ext>' thumbnail name, or None."""
-    match = _THUMB_STEM.match(os.path.splitext(name)[0])
-    return (match.group(1), int(match.group(2))) if match else None
 
 
 class _Owners:
@@ -293,7 +282,7 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
 
 
 def _prune_one(entry, owners, sizes, report, dry_run):
-    parsed = parse_thumbnail(entry.name)
+    parsed = thumbnails.parse_thumbnail_name(entry.name)
     if parsed is None:
         return  # not a name the server makes: fsck reports it
     if owners.owner(entry.name, parsed[0]) is None:
@@ -348,7 +337,7 @@ def _check_original(entry, report):
 
 def _check_thumbnail(entry, owners, report, dry_run):
     reason = _unsafe(entry.name)
-    parsed = parse_thumbnail(entry.name) if reason is None else None
+    parsed = thumbnails.parse_thumbnail_name(entry.name) if reason is None else None
     try:
         is_file = entry.is_file(follow_symlinks=False)
         empty = is_file and entry.stat(follow_symlinks=False).st_size == 0

@@ -49,38 +49,70 @@ ROUTES = (
     Route("/metrics", GET, handlers.metrics),
 )
 
-# Domain error -> HTTP error. Keep this the only such mapping; subclasses first.
-_HTTP_ERRORS = (
-    (auth.TokenError, errors.Forbidden),
-    (storage.UnsafeName, errors.BadRequest),
-    (storage.UnknownCollection, errors.NotFound),
-    (storage.MissingFile, errors.NotFound),
-    (FileNotFoundError, errors.NotFound),
-    (multipart.BodyTooLarge, errors.PayloadTooLarge),
-    (multipart.MultipartError, errors.BadRequest),
-    (thumbnails.BadScale, errors.BadRequest),
-    (thumbnails.NotThumbnailable, errors.NotFound),
-    (thumbnails.Busy, errors.ServiceUnavailable),
-    (thumbnails.DiskFull, errors.InsufficientStorage),
-    (thumbnails.ThumbnailError, errors.UnprocessableEntity),
+class ErrorRule(NamedTuple):
+    """One row of the error table: which domain errors, and what the client and the log get."""
+
+    domain: type  # this exception class and its subclasses
+    http_error: type  # the errors.HTTPError answered
+    show_message: bool = True  # str(error) is the one-line body; else the status's default
+    retry_after: bool = False  # Retry-After: the error's `retry_after` seconds
+    errnos: tuple = ()  # for OSError rows: only these errno values
+    log_level: Optional[int] = None  # log the error at this level (with %(method)s ...)
+    log_format: str = ""
+    traceback: bool = False  # log the traceback too
+
+    def matches(self, ex):
+        """Tell whether this row applies to `ex`."""
+        return isinstance(ex, self.domain) and (not self.errnos or ex.errno in self.errnos)
+
+    def http(self, ex):
+        """Return the HTTP error the client sees for `ex`."""
+        description = (str(ex) or None) if self.show_message else None
+        if self.retry_after:
+            return self.http_error(description, getattr(ex, "retry_after", 1))
+        return self.http_error(description)
+
+
+# Domain error -> HTTP error. Keep this the only such mapping; the first matching row wins.
+ERROR_TABLE = (
+    # COMPAT: an empty 403 body, like the reference; the log says why (a wrong
+    # attachment.key or clock skew is the usual Specify set-up problem).
+    ErrorRule(auth.TokenError, errors.Forbidden, show_message=False,
+              log_level=logging.INFO, log_format="Refused %(method)s %(path)s: %(error)s"),
+    ErrorRule(storage.UnsafeName, errors.BadRequest),
+    ErrorRule(storage.UnknownCollection, errors.NotFound),
+    ErrorRule(storage.MissingFile, errors.NotFound),
+    # SECURITY: an OSError's message names a server path; it never reaches the client.
+    ErrorRule(FileNotFoundError, errors.NotFound, show_message=False),
+    ErrorRule(multipart.BodyTooLarge, errors.PayloadTooLarge),
+    ErrorRule(multipart.MultipartError, errors.BadRequest),
+    ErrorRule(thumbnails.BadScale, errors.BadRequest),
+    ErrorRule(thumbnails.NotThumbnailable, errors.NotFound),
+    ErrorRule(thumbnails.Busy, errors.ServiceUnavailable, retry_after=True),
+    ErrorRule(thumbnails.DiskFull, errors.InsufficientStorage),
+    ErrorRule(thumbnails.ThumbnailError, errors.UnprocessableEntity),
+    ErrorRule(OSError, errors.InsufficientStorage, show_message=False,
+              errnos=(errno.ENOSPC, errno.EDQUOT), log_level=logging.ERROR,
+              log_format="Disk full on %(method)s %(path)s: %(error)s"),
+    ErrorRule(OSError, errors.InternalServerError, show_message=False,
+              log_level=logging.ERROR, log_format="I/O error on %(method)s %(path)s",
+              traceback=True),
 )
-DOMAIN_ERRORS = tuple(domain for domain, _ in _HTTP_ERRORS)
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DOMAIN_ERRORS = tuple(rule.domain for rule in ERROR_TABLE)
 LOCK_DIR = ".locks"  # under BASE_DIR: the thumbnail engine's lock files
+
+
+def error_rule(ex):
+    """Return the ERROR_TABLE row for a domain error; TypeError if there is none."""
+    for rule in ERROR_TABLE:
+        if rule.matches(ex):
+            return rule
+    raise TypeError("no HTTP error for %r" % (ex,))
 
 
 def as_http_error(ex):
     """Translate a domain error into the HTTP error the client sees."""
-    for domain, http_error in _HTTP_ERRORS:
-        if isinstance(ex, domain):
-            if http_error is errors.ServiceUnavailable:
-                return http_error(str(ex) or None, getattr(ex, "retry_after", 1))
-            if http_error is errors.Forbidden:
-                return http_error()  # COMPAT: empty body, like the reference
-            if isinstance(ex, OSError):
-                return http_error()  # SECURITY: str(ex) names a server path
-            return http_error(str(ex) or None)
-    raise TypeError("no HTTP error for %r" % (ex,))
+    return error_rule(ex).http(ex)
 
 
 def error_response(error):
@@ -118,8 +150,6 @@ class App:
             response = error_response(ex)
         except DOMAIN_ERRORS as ex:
             response = error_response(self._domain_error(request, ex))
-        except OSError as ex:
-            response = error_response(self._os_error(request, ex))
         except Exception:
             logger.exception("Unhandled error on %s %s", request.method, request.path)
             response = error_response(errors.InternalServerError())
@@ -181,18 +211,13 @@ class App:
                             fields.get(route.token, ""), now=request.arrived)
 
     def _domain_error(self, request, ex):
-        if isinstance(ex, auth.TokenError):
-            # COMPAT: the 403 body stays empty, so say here why (a wrong attachment.key or
-            # clock skew is the usual Specify set-up problem).
-            logger.info("Refused %s %s: %s", request.method, request.path, ex)
-        return as_http_error(ex)
-
-    def _os_error(self, request, ex):
-        if ex.errno in _DISK_FULL:
-            logger.error("Disk full on %s %s: %s", request.method, request.path, ex)
-            return errors.InsufficientStorage()
-        logger.exception("I/O error on %s %s", request.method, request.path)
-        return errors.InternalServerError()
+        """Log `ex` as its ERROR_TABLE row says; return the HTTP error the client sees."""
+        rule = error_rule(ex)
+        if rule.log_level is not None:
+            logger.log(rule.log_level, rule.log_format,
+                       {"method": request.method, "path": request.path, "error": ex},
+                       exc_info=ex if rule.traceback else None)
+        return rule.http(ex)
 
     def finish(self, request, route, response):
         """Add the cross-cutting headers; drop the body of HEAD responses."""
@@ -212,10 +237,12 @@ def _length(value):
     return int(value) if re.match(r"[0-9]{1,18}\Z", value) else 0
 
 
-def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time.time):
+def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time.time,
+               tools=None):
     """Build the App for `settings`; collaborators default to the real ones.
 
-    With METRICS on, the default thumbnailer also reports to the app's metrics.
+    With METRICS on, the default thumbnailer also reports to the app's metrics. `tools` (a
+    thumbnails.Toolchain) lets engines share one probe of the converters.
     """
     from . import metadata as metadata_module  # NOTE: keeps ExifRead off the import path of tools
 
@@ -226,12 +253,12 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
     if thumbnailer is None:
         thumbnailer = thumbnails.Thumbnailer(
             convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
-            max_workers=settings.THUMBNAIL_WORKERS, max_queue=settings.THUMBNAIL_QUEUE,
+            max_workers=settings.thumbnail_workers, max_queue=settings.THUMBNAIL_QUEUE,
             max_pixels=settings.MAX_PIXELS, can_thumbnail=settings.CAN_THUMBNAIL,
             observer=registry,
             # Every process and host on this store (serve's workers, mod_wsgi daemons,
             # pregen) renders one thumbnail at most once at a time.
-            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR))
+            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR), tools=tools)
     if registry is not None:
         registry.thumbnailer = thumbnailer
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

@@ -10,6 +10,7 @@ import tempfile
 import time
 
 from . import __version__, admin, health, samples, thumbnails
+from .exitcodes import EXIT_ATTENTION, EXIT_OK
 
 __all__ = ["run_check", "Screen", "MIN_KEY_LENGTH"]
 
@@ -73,17 +74,15 @@ def run_check(settings, source, app, out=None):
     _security_section(screen, settings)
     _monitoring_section(screen, settings)
     (out or sys.stdout).write(screen.render())
-    return admin.EXIT_ATTENTION if screen.faults else admin.EXIT_OK
+    return EXIT_ATTENTION if screen.faults else EXIT_OK
 
 
 # ---------------------------------------------------------------------------- sections
 
 def _settings_section(screen, settings):
-    from .handlers import public_base  # NOTE: handlers pulls in the HTTP modules; only here
-
     screen.section("Settings")
     screen.item("ok", "valid")
-    screen.item("info", "Specify attachment.url = %s/web_asset_store.xml" % public_base(settings))
+    screen.item("info", "Specify attachment.url = %s/web_asset_store.xml" % settings.public_base())
     screen.item("info", "listening on %s:%d with %d process(es) x %d request slots, at most %d "
                 "connections" % (settings.BIND_ADDRESS, settings.PORT, settings.processes,
                                  settings.WORKERS, settings.MAX_CONNECTIONS))
@@ -147,20 +146,20 @@ def _version(argv):
 
 def _converters_section(screen, thumbnailer):
     screen.section("Converters")
-    convert = thumbnailer.convert
-    version = _version([convert, "-version"]) if convert else None
+    _program_item(screen, thumbnailer.convert, "-version", "ImageMagick", "FAIL",
+                  "neither magick nor convert on PATH")
+    _program_item(screen, thumbnailer.gs, "--version", "Ghostscript", "warn", "gs not on PATH",
+                  " (needed for PDF thumbnails only)", shown="Ghostscript ")
+
+
+def _program_item(screen, program, version_flag, name, status, missing, note="", shown=""):
+    """Add the line of one converter: its version, else `status` saying why it cannot run."""
+    version = _version([program, version_flag]) if program else None
     if version:
-        screen.item("ok", "%s: %s" % (convert, version))
+        screen.item("ok", "%s: %s%s" % (program, shown, version))
     else:
-        screen.item("FAIL", "ImageMagick: %s" % (
-            "%s does not run" % convert if convert else "neither magick nor convert on PATH"))
-    gs = thumbnailer.gs
-    version = _version([gs, "--version"]) if gs else None
-    if version:
-        screen.item("ok", "%s: Ghostscript %s" % (gs, version))
-    else:
-        screen.item("warn", "Ghostscript: %s (needed for PDF thumbnails only)" % (
-            "%s does not run" % gs if gs else "gs not on PATH"))
+        screen.item(status, "%s: %s%s" % (
+            name, "%s does not run" % program if program else missing, note))
 
 
 class _Capture(logging.Handler):

@@ -1,16 +1,18 @@
-"""Settings: the reference's names and defaults, loaded once from a file and the environment."""
+"""Settings: one schema (names, defaults, checks, help), loaded from a file and the environment."""
 
+import collections
 import json
 import logging
 import os
 import re
 import runpy
 import sys
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Settings", "ConfigError", "load", "from_mapping", "DEFAULT_THUMBNAIL_SIZES"]
+__all__ = ["Setting", "SCHEMA", "Settings", "ConfigError", "load", "from_mapping", "override",
+           "DEFAULT_THUMBNAIL_SIZES"]
 
 # Sizes real clients ask for: Specify 7's default preview 123, Specify 6's 128,
 # the Web Portal's 200 and 600; a few more up to 1600 for large screens.
@@ -24,72 +26,6 @@ DEFAULT_CAN_THUMBNAIL = frozenset({
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the source, the name and the reason."""
-
-
-class Settings(NamedTuple):
-    """Every setting, with the reference's defaults (settings.py of web-asset-server)."""
-
-    KEY: object = "test_attachment_key"  # str, None (no security) or a tuple of str (rotation)
-    TIME_TOLERANCE: Optional[int] = 150
-    REQUIRE_KEY_FOR_GET: bool = False
-    ALLOW_STATIC_FILE_ACCESS: bool = True
-    HOST: str = "localhost"
-    PORT: int = 8080
-    SERVER_NAME: Optional[str] = None  # None: same as HOST (the reference's settings.py)
-    SERVER_PORT: Optional[int] = None  # None: same as PORT
-    COLLECTION_DIRS: Optional[dict] = None
-    BASE_DIR: str = "/home/specify/attachments/"
-    THUMB_DIR: str = "thumbnails"
-    ORIG_DIR: str = "originals"
-    CAN_THUMBNAIL: frozenset = DEFAULT_CAN_THUMBNAIL
-    DEBUG: bool = False
-    # Accepted so the reference's settings.py loads; webassets has one server.
-    SERVER: Optional[str] = None
-    DEVELOPMENT_PORT: Optional[int] = None
-    # webassets additions.
-    PUBLIC_URL: Optional[str] = None  # e.g. https://assets.example.org/prefix
-    BIND_ADDRESS: str = "0.0.0.0"  # COMPAT: the reference listens on every interface
-    MAX_UPLOAD_SIZE: Optional[int] = 4 * 1024 ** 3
-    MAX_SCALE: int = 1600
-    THUMBNAIL_SIZES: Optional[tuple] = DEFAULT_THUMBNAIL_SIZES
-    CONVERT: Optional[str] = None  # None: find magick/convert on PATH
-    GHOSTSCRIPT: Optional[str] = None  # None: find gs on PATH
-    THUMBNAIL_TIMEOUT: int = 60
-    THUMBNAIL_WORKERS: Optional[int] = None  # None: CPU count
-    THUMBNAIL_QUEUE: int = 64
-    MAX_PIXELS: int = 200 * 1000 * 1000
-    WORKERS: int = 4  # request slots per process; fewer fight less over the GIL (bench: c=64)
-    PROCESSES: Optional[int] = None  # None: CPU count
-    REQUEST_TIMEOUT: int = 60
-    MAX_CONNECTIONS: int = 1024  # open client connections, all processes together
-    METRICS: bool = True  # serve /metrics (Prometheus text) and count for it
-    ACCESS_LOG_FORMAT: str = "combined"  # 'combined' (Apache) or 'json' (one object per line)
-    # 'nginx' (X-Accel-Redirect) or 'apache' (X-Sendfile): the front server sends the bytes
-    # of originals and thumbnails once we have checked the request. None: we send them.
-    FILE_OFFLOAD: Optional[str] = None
-    FILE_OFFLOAD_PREFIX: str = "/webassets-internal/"  # nginx's internal location for BASE_DIR
-
-    @property
-    def public_name(self):
-        """Return the host written into web_asset_store.xml."""
-        return self.SERVER_NAME if self.SERVER_NAME is not None else self.HOST
-
-    @property
-    def public_port(self):
-        """Return the port written into web_asset_store.xml."""
-        return self.SERVER_PORT if self.SERVER_PORT is not None else self.PORT
-
-    @property
-    def processes(self):
-        """Return how many worker processes the built-in server runs (PROCESSES or CPUs)."""
-        return self.PROCESSES or os.cpu_count() or 1
-
-    @property
-    def keys(self):
-        """Return the accepted keys as a tuple; empty when security is off."""
-        if self.KEY is None:
-            return ()
-        return (self.KEY,) if isinstance(self.KEY, str) else tuple(self.KEY)
 
 
 # --- converters: each takes a Python value (from a .py file) or a str (from the
@@ -233,48 +169,157 @@ def _uri_prefix(value):
     return value
 
 
-_CONVERTERS = {
-    "KEY": _optional(_key),
-    "TIME_TOLERANCE": _optional(_integer(0)),
-    "REQUIRE_KEY_FOR_GET": _boolean,
-    "ALLOW_STATIC_FILE_ACCESS": _boolean,
-    "HOST": _text,
-    "PORT": _integer(0, 65535),
-    "SERVER_NAME": _optional(_text),
-    "SERVER_PORT": _optional(_integer(1, 65535)),
-    "COLLECTION_DIRS": _optional(_collection_dirs),
-    "BASE_DIR": _base_dir,
-    "THUMB_DIR": _relative_dir,
-    "ORIG_DIR": _relative_dir,
-    "CAN_THUMBNAIL": _mime_set,
-    "DEBUG": _boolean,
-    "SERVER": _optional(_text),
-    "DEVELOPMENT_PORT": _optional(_integer(0, 65535)),
-    "PUBLIC_URL": _optional(_public_url),
-    "BIND_ADDRESS": _text,
-    "MAX_UPLOAD_SIZE": _optional(_integer(1)),
-    "MAX_SCALE": _integer(1, 10000),
-    "THUMBNAIL_SIZES": _optional(_sizes),
-    "CONVERT": _optional(_text),
-    "GHOSTSCRIPT": _optional(_text),
-    "THUMBNAIL_TIMEOUT": _integer(1),
-    "THUMBNAIL_WORKERS": _optional(_integer(1, 256)),
-    "THUMBNAIL_QUEUE": _integer(0),
-    "MAX_PIXELS": _integer(1),
-    "WORKERS": _integer(1, 1024),
-    "PROCESSES": _optional(_integer(1, 256)),
-    "REQUEST_TIMEOUT": _integer(1),
-    "MAX_CONNECTIONS": _integer(1, 1000000),
-    "METRICS": _boolean,
-    "ACCESS_LOG_FORMAT": _choice("combined", "json"),
-    "FILE_OFFLOAD": _optional(_choice("nginx", "apache")),
-    "FILE_OFFLOAD_PREFIX": _uri_prefix,
-}
+class Setting(NamedTuple):
+    """One setting: its name, default, converter (raises ValueError(reason)) and help line."""
+
+    name: str
+    default: object
+    convert: Callable
+    help: str
+
+
+# The reference's settings first, in its order, then webassets' own. README's settings table
+# and etc/settings.py.example describe each one (tests/test_config.py checks they do).
+SCHEMA = (
+    Setting("KEY", "test_attachment_key", _optional(_key),
+            "secret shared with Specify; a list accepts several (rotation); None: no security"),
+    Setting("TIME_TOLERANCE", 150, _optional(_integer(0)),
+            "seconds a token's time may differ from the server's; None: no time check"),
+    Setting("REQUIRE_KEY_FOR_GET", False, _boolean, "downloads need a token too"),
+    Setting("ALLOW_STATIC_FILE_ACCESS", True, _boolean,
+            "serve /getfileref and /static/ (the old Web Portal) without tokens"),
+    Setting("HOST", "localhost", _text, "host written by /getfileref; SERVER_NAME's default"),
+    Setting("PORT", 8080, _integer(0, 65535), "port of the built-in server; SERVER_PORT's default"),
+    Setting("SERVER_NAME", None, _optional(_text),
+            "host written into web_asset_store.xml; None: HOST"),
+    Setting("SERVER_PORT", None, _optional(_integer(1, 65535)),
+            "port written into web_asset_store.xml; None: PORT"),
+    Setting("COLLECTION_DIRS", None, _optional(_collection_dirs),
+            "collection name -> directory under BASE_DIR; None: one store for all"),
+    Setting("BASE_DIR", "/home/specify/attachments/", _base_dir, "the store"),
+    Setting("THUMB_DIR", "thumbnails", _relative_dir, "subdirectory of cached thumbnails"),
+    Setting("ORIG_DIR", "originals", _relative_dir, "subdirectory of originals"),
+    Setting("CAN_THUMBNAIL", DEFAULT_CAN_THUMBNAIL, _mime_set, "MIME types to thumbnail"),
+    Setting("DEBUG", False, _boolean, "accepted so the reference's settings.py loads; unused"),
+    Setting("SERVER", None, _optional(_text),
+            "accepted so the reference's settings.py loads; webassets has one server"),
+    Setting("DEVELOPMENT_PORT", None, _optional(_integer(0, 65535)),
+            "accepted so the reference's settings.py loads; unused"),
+    Setting("PUBLIC_URL", None, _optional(_public_url),
+            "exact base URL for web_asset_store.xml, e.g. https://assets.example.org/prefix"),
+    # COMPAT: the reference listens on every interface.
+    Setting("BIND_ADDRESS", "0.0.0.0", _text, "address the built-in server listens on"),
+    Setting("MAX_UPLOAD_SIZE", 4 * 1024 ** 3, _optional(_integer(1)),
+            "largest upload in bytes (413 above); None: no limit"),
+    Setting("MAX_SCALE", 1600, _integer(1, 10000),
+            "largest scale accepted when THUMBNAIL_SIZES is None"),
+    Setting("THUMBNAIL_SIZES", DEFAULT_THUMBNAIL_SIZES, _optional(_sizes),
+            "the size ladder a scale is rounded up to; None: the exact scale"),
+    Setting("CONVERT", None, _optional(_text), "ImageMagick program; None: magick/convert on PATH"),
+    Setting("GHOSTSCRIPT", None, _optional(_text), "Ghostscript program; None: gs on PATH"),
+    Setting("THUMBNAIL_TIMEOUT", 60, _integer(1), "seconds one conversion may run"),
+    Setting("THUMBNAIL_WORKERS", None, _optional(_integer(1, 256)),
+            "conversions at once per process; None: the CPUs shared among the processes"),
+    Setting("THUMBNAIL_QUEUE", 64, _integer(0), "conversions that may wait (503 beyond)"),
+    Setting("MAX_PIXELS", 200 * 1000 * 1000, _integer(1), "largest image thumbnailed, in pixels"),
+    # Fewer request slots fight less over the GIL (bench: c=64).
+    Setting("WORKERS", 4, _integer(1, 1024), "request slots per process of the built-in server"),
+    Setting("PROCESSES", None, _optional(_integer(1, 256)),
+            "processes of the built-in server; None: CPU count"),
+    Setting("REQUEST_TIMEOUT", 60, _integer(1), "seconds a client may stay silent"),
+    Setting("MAX_CONNECTIONS", 1024, _integer(1, 1000000),
+            "open client connections, all processes together (503 beyond)"),
+    Setting("METRICS", True, _boolean, "serve /metrics (Prometheus text) and count for it"),
+    Setting("ACCESS_LOG_FORMAT", "combined", _choice("combined", "json"),
+            "'combined' (Apache) or 'json' (one object per line)"),
+    Setting("FILE_OFFLOAD", None, _optional(_choice("nginx", "apache")),
+            "'nginx' or 'apache': the front server sends the files' bytes; None: we do"),
+    Setting("FILE_OFFLOAD_PREFIX", "/webassets-internal/", _uri_prefix,
+            "nginx's internal location that aliases BASE_DIR"),
+)
+_SCHEMA_BY_NAME = {setting.name: setting for setting in SCHEMA}
+
+_Values = collections.namedtuple("_Values", [setting.name for setting in SCHEMA])
+# NOTE: namedtuple's `defaults=` is 3.7+.
+_Values.__new__.__defaults__ = tuple(setting.default for setting in SCHEMA)
+
+
+class Settings(_Values):
+    """Every setting of SCHEMA, by name, and the values derived from them."""
+
+    __slots__ = ()
+
+    @property
+    def public_name(self):
+        """Return the host written into web_asset_store.xml."""
+        return self.SERVER_NAME if self.SERVER_NAME is not None else self.HOST
+
+    @property
+    def public_port(self):
+        """Return the port written into web_asset_store.xml."""
+        return self.SERVER_PORT if self.SERVER_PORT is not None else self.PORT
+
+    def public_base(self, script_name=""):
+        """Return the base URL Specify should use: PUBLIC_URL, else http://SERVER_NAME:SERVER_PORT.
+
+        COMPAT: the port is always explicit and the Host header is ignored, as
+        in the reference; SCRIPT_NAME is added so a mounted server advertises
+        its prefix.
+        """
+        if self.PUBLIC_URL:
+            return self.PUBLIC_URL
+        return "http://%s:%d%s" % (self.public_name, self.public_port, script_name)
+
+    @property
+    def processes(self):
+        """Return how many processes serve requests: mod_wsgi's daemons, else PROCESSES or CPUs."""
+        return _host_processes() or self.PROCESSES or os.cpu_count() or 1
+
+    @property
+    def thumbnail_workers(self):
+        """Return the conversions one process runs at once (THUMBNAIL_WORKERS).
+
+        None: the CPUs shared among the processes (rounded up), so that all of them together
+        run about one conversion per CPU.
+        """
+        if self.THUMBNAIL_WORKERS is not None:
+            return self.THUMBNAIL_WORKERS
+        return -(-(os.cpu_count() or 1) // self.processes)
+
+    @property
+    def keys(self):
+        """Return the accepted keys as a tuple; empty when security is off."""
+        if self.KEY is None:
+            return ()
+        return (self.KEY,) if isinstance(self.KEY, str) else tuple(self.KEY)
+
+
+def _host_processes():
+    """Return the processes of the mod_wsgi daemon group this runs in, or None elsewhere."""
+    mod_wsgi = sys.modules.get("mod_wsgi")  # NOTE: Apache's mod_wsgi provides it, nobody else
+    processes = getattr(mod_wsgi, "maximum_processes", None)
+    return processes if isinstance(processes, int) and processes > 0 else None
+
 
 # Names the reference's Docker image reads (specify/web-asset-server Dockerfile).
 _DOCKER_ENV = {"ATTACHMENT_KEY": "KEY", "SERVER_NAME": "SERVER_NAME",
                "SERVER_PORT": "SERVER_PORT", "DEBUG_MODE": "DEBUG"}
 _ENV_PREFIX = "WEBASSETS_"
+
+
+def _validate(values, source):
+    """Return {NAME: converted value} of the known names in `values`; ConfigError."""
+    clean = {}
+    for name, value in values.items():
+        setting = _SCHEMA_BY_NAME.get(name)
+        if setting is None:
+            logger.warning("Ignoring unknown setting %s in %s", name, source)
+            continue
+        try:
+            clean[name] = setting.convert(value)
+        except ValueError as ex:
+            raise ConfigError("Invalid %s in %s: %r (%s)" % (name, source, value, ex)) from None
+    return clean
 
 
 def from_mapping(values, source="settings"):
@@ -283,17 +328,12 @@ def from_mapping(values, source="settings"):
     Raises ConfigError naming `source`, the setting and the reason. Unknown
     uppercase names are logged and ignored (settings.py may define helpers).
     """
-    clean = {}
-    for name, value in values.items():
-        convert = _CONVERTERS.get(name)
-        if convert is None:
-            logger.warning("Ignoring unknown setting %s in %s", name, source)
-            continue
-        try:
-            clean[name] = convert(value)
-        except ValueError as ex:
-            raise ConfigError("Invalid %s in %s: %r (%s)" % (name, source, value, ex)) from None
-    return Settings(**clean)
+    return Settings(**_validate(values, source))
+
+
+def override(settings, values, source):
+    """Return `settings` with `values` ({NAME: value}) checked as the file's are; ConfigError."""
+    return settings._replace(**_validate(values, source))
 
 
 def read_python(path):
@@ -323,7 +363,7 @@ def read_environ(environ):
         if env_name in environ:
             values[name] = environ[env_name]
     for env_name, value in environ.items():
-        if env_name.startswith(_ENV_PREFIX) and env_name[len(_ENV_PREFIX):] in _CONVERTERS:
+        if env_name.startswith(_ENV_PREFIX) and env_name[len(_ENV_PREFIX):] in _SCHEMA_BY_NAME:
             values[env_name[len(_ENV_PREFIX):]] = value
     return values
 
@@ -338,8 +378,4 @@ def load(path=None, environ=None):
     path = path or environ.get("WEBASSETS_SETTINGS") or None
     values = read_python(path) if path else {}
     settings = from_mapping(values, source=path or "defaults")
-    overrides = read_environ(environ)
-    if overrides:
-        env_settings = from_mapping(overrides, source="the environment")
-        settings = settings._replace(**{name: getattr(env_settings, name) for name in overrides})
-    return settings
+    return override(settings, read_environ(environ), "the environment")

@@ -22,21 +22,9 @@ def index(app, request):
     return Response(b"It works!", content_type="text/html; charset=UTF-8")
 
 
-def public_base(settings, script_name=""):
-    """Return the base URL Specify should use: PUBLIC_URL, else http://SERVER_NAME:SERVER_PORT.
-
-    COMPAT: the port is always explicit and the Host header is ignored, as
-    in the reference; SCRIPT_NAME is added so a mounted server advertises
-    its prefix.
-    """
-    if settings.PUBLIC_URL:
-        return settings.PUBLIC_URL
-    return "http://%s:%d%s" % (settings.public_name, settings.public_port, script_name)
-
-
 def web_asset_store(app, request):
     """Serve web_asset_store.xml, the URLs Specify discovers at start-up."""
-    base = public_base(app.settings, request.script_name)
+    base = app.settings.public_base(request.script_name)
     body = _XML_TEMPLATE.format(base=base, base_escaped=escape(base))
     return Response(body.encode("utf-8"), content_type="text/xml; charset=utf-8")
 
@@ -79,18 +67,6 @@ def fileget(app, request):
     return file_response(request, handle, guess_type(name), headers, offload=app.offload)
 
 
-def _upload_fields_ready(fields):
-    return "store" in fields and "token" in fields
-
-
-def _check_upload(app, request, fields):
-    """Judge an upload's token and names; Forbidden, BadRequest, NotFound."""
-    app.authorize(request, request.route, fields)
-    if fields.get("type") != "T":
-        storage.check_name(fields.get("store", ""), "store")
-        app.store.originals_dir(fields.get("coll"))  # unknown collection -> 404
-
-
 def fileupload(app, request):
     """Store an uploaded original atomically; ignore Specify 6's thumbnail uploads.
 
@@ -103,49 +79,82 @@ def fileupload(app, request):
         # CORS preflight: Specify 7's XHR upload with a progress listener sends one.
         return Response(b"")
     boundary = multipart.get_boundary(request.header("Content-Type", ""))
-    limit = app.settings.MAX_UPLOAD_SIZE
-    length = request.content_length
-    reader = multipart.MultipartReader(request.input, boundary, length, limit=limit)
-    fields, staged, file_seen = {}, None, False
+    reader = multipart.MultipartReader(request.input, boundary, request.content_length,
+                                       limit=app.settings.MAX_UPLOAD_SIZE)
+    upload = _Upload(app, request)
     try:
         for part in reader:
             if part.filename is None:
-                fields[part.name] = part.text(MAX_FIELD_BYTES)
-            elif file_seen:
+                upload.fields[part.name] = part.text(MAX_FIELD_BYTES)
+            elif upload.file_seen:
                 part.discard()  # COMPAT: the first file part wins, whatever its field name
             else:
-                file_seen = True
-                staged = _receive_file(app, request, fields, part)
-        _check_upload(app, request, fields)
-        if fields.get("type") == "T":
-            # COMPAT: Specify 6 uploads its own thumbnail with the original's store name.
-            return Response(b"Ignoring thumbnail upload!")
-        if staged is None:
-            raise errors.BadRequest("No file in the upload.")
-        app.store.save_original(fields.get("coll"), fields["store"], staged)
-        logger.info("Stored %s (%d bytes)", fields["store"], staged.size)
+                upload.receive(part)
+        return upload.finish()
     finally:
-        if staged is not None:
-            staged.discard()
-    return Response(OK)
+        upload.discard()
 
 
-def _receive_file(app, request, fields, part):
-    """Stream the file part to a staged file, or skip it; return the StagedFile or None."""
-    known = _upload_fields_ready(fields)
-    if known:
-        # Specify 6 sends the fields first: refuse a bad token before reading the body.
-        _check_upload(app, request, fields)
-        if fields.get("type") == "T":
-            part.discard()
-            return None
-    staged = app.store.stage(fields.get("coll"), known_coll=known)
-    try:
-        part.copy_to(staged)
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
+class _Upload:
+    """One /fileupload body, in either client's order of parts.
+
+    Specify 6: type, store, token, coll (and disp, div, inst), then the file. The upload is
+    judged when the file part starts, so a bad token is refused before the body is read
+    and a thumbnail (type=T) is skipped unread. Specify 7: the file, then token, store, type,
+    coll. The file is staged (in BASE_DIR while `coll` is unknown), then judged at the end.
+    """
+
+    def __init__(self, app, request):
+        self.app = app
+        self.request = request
+        self.fields = {}
+        self.file_seen = False
+        self.staged = None  # a storage.StagedFile once the file is being received
+        self._judged = None  # the fields the last check() passed
+
+    @property
+    def is_thumbnail(self):
+        # COMPAT: Specify 6 uploads its own thumbnail with the original's store name.
+        return self.fields.get("type") == "T"
+
+    def check(self):
+        """Judge the token and names, once per set of fields; Forbidden, BadRequest, NotFound."""
+        judged = tuple(self.fields.get(name) for name in ("token", "store", "coll", "type"))
+        if judged == self._judged:
+            return
+        self.app.authorize(self.request, self.request.route, self.fields)
+        if not self.is_thumbnail:
+            storage.check_name(self.fields.get("store", ""), "store")
+            self.app.store.originals_dir(self.fields.get("coll"))  # unknown collection -> 404
+        self._judged = judged
+
+    def receive(self, part):
+        """Stream the file part to a staged file, or skip a Specify 6 thumbnail."""
+        self.file_seen = True
+        fields_first = "store" in self.fields and "token" in self.fields  # Specify 6
+        if fields_first:
+            self.check()
+            if self.is_thumbnail:
+                part.discard()
+                return
+        self.staged = self.app.store.stage(self.fields.get("coll"), known_coll=fields_first)
+        part.copy_to(self.staged)
+
+    def finish(self):
+        """Judge the complete upload and publish the file; return the response."""
+        self.check()
+        if self.is_thumbnail:
+            return Response(b"Ignoring thumbnail upload!")
+        if self.staged is None:
+            raise errors.BadRequest("No file in the upload.")
+        self.app.store.save_original(self.fields.get("coll"), self.fields["store"], self.staged)
+        logger.info("Stored %s (%d bytes)", self.fields["store"], self.staged.size)
+        return Response(OK)
+
+    def discard(self):
+        """Remove the staged file unless it was published; never raises."""
+        if self.staged is not None:
+            self.staged.discard()
 
 
 def filedelete(app, request):

@@ -20,7 +20,8 @@ def store_problem(base_dir):
         return "BASE_DIR does not exist or is not a directory"
     try:
         # The upload prefix: if we die before the unlink, fsck removes the leftover.
-        fd, path = tempfile.mkstemp(prefix=storage.UPLOAD_PREFIX, suffix=".tmp", dir=base_dir)
+        fd, path = tempfile.mkstemp(prefix=storage.UPLOAD_PREFIX, suffix=storage.TEMP_SUFFIX,
+                                    dir=base_dir)
     except OSError as ex:
         return "cannot create a file in BASE_DIR: %s" % (ex.strerror or ex)
     os.close(fd)

@@ -15,8 +15,10 @@ __all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile",
 MAX_NAME_BYTES = 255
 # Temporary files start with '.', which check_name refuses, so a client name
 # can never collide with (or fetch) a half-written file. fsck looks for these.
-UPLOAD_PREFIX = ".upload-"
-TEMP_PREFIXES = (UPLOAD_PREFIX, ".thumb-")
+UPLOAD_PREFIX = ".upload-"  # an upload being received (a file)
+RENDER_PREFIX = ".thumb-"  # a thumbnail being rendered (a directory, thumbnails.py)
+TEMP_SUFFIX = ".tmp"
+TEMP_PREFIXES = (UPLOAD_PREFIX, RENDER_PREFIX)
 COPY_CHUNK = 1024 * 1024
 
 
@@ -89,7 +91,7 @@ class StagedFile:
 
     def __init__(self, directory):
         os.makedirs(directory, exist_ok=True)
-        fd, self.path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".tmp", dir=directory)
+        fd, self.path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
         self.file = os.fdopen(fd, "wb")
         os.fchmod(fd, FILE_MODE)
         self.size = 0

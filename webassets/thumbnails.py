@@ -22,12 +22,14 @@ except ImportError:  # not POSIX: single flight holds within one process only
     fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
+from .storage import RENDER_PREFIX, TEMP_SUFFIX
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
-    "parse_scale", "thumbnail_name", "is_thumbnail_of", "output_format",
+    "parse_scale", "thumbnail_name", "parse_thumbnail_name", "is_thumbnail_of", "output_format",
     "jpeg_size_hint", "convert_args", "ghostscript_args",
-    "pdf_resolution", "run_command", "Thumbnailer", "NullObserver",
+    "pdf_resolution", "run_command", "Toolchain", "Job", "Renderer", "Thumbnailer",
+    "NullObserver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ DISK_FULL_MESSAGE = "no space left to write the thumbnail"
 # subimage specs) and Ghostscript expands '%' in its output file; such paths never reach argv.
 _IM_SPECIAL = re.compile(r"[%*?\[\]{}]")
 _SCALE = re.compile(r"[0-9]+\Z")
+_THUMBNAIL_STEM = re.compile(r"(.+)_([0-9]+)\Z", re.S)  # greedy: the last '_<digits>'
 _FORMAT_LINE = re.compile(r"\s*([A-Z0-9-]+)\*?\s+\S+\s+([r-])([w-])[+-]")
 
 
@@ -136,15 +139,24 @@ def thumbnail_name(name: str, scale: int) -> str:
     return "%s_%d%s" % (root, scale, ext)
 
 
+def parse_thumbnail_name(candidate: str) -> Optional[Tuple[str, int, str]]:
+    """Return (root, scale, ext) of a '<root>_<digits><ext>' thumbnail name, or None.
+
+    The one rule for what is a thumbnail name (delete, prune and fsck all use it): any number
+    of digits, as the reference wrote whatever integer it was asked for.
+    """
+    stem, ext = os.path.splitext(candidate)
+    match = _THUMBNAIL_STEM.match(stem)
+    return (match.group(1), int(match.group(2)), ext) if match else None
+
+
 def is_thumbnail_of(name: str, candidate: str) -> bool:
     """Tell whether `candidate` is exactly '<root>_<digits><ext or .png>' for `name`."""
-    root, ext = os.path.splitext(name)
-    prefix = root + "_"
-    if not candidate.startswith(prefix):
+    parsed = parse_thumbnail_name(candidate)
+    if parsed is None:
         return False
-    rest = candidate[len(prefix):]
-    digits = len(rest) - len(rest.lstrip("0123456789"))
-    return digits > 0 and rest[digits:] in (ext, ".png")
+    root, ext = os.path.splitext(name)
+    return parsed[0] == root and parsed[2] in (ext, ".png")
 
 
 def output_format(target_path: str) -> str:
@@ -240,10 +252,64 @@ def _find_program(names: Iterable[str]) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------------------- toolchain
+
+class Toolchain:
+    """The converters of this machine: ImageMagick and Ghostscript, and what they can read.
+
+    `run(argv, timeout)` returns a CompletedProcess-like object (returncode, stdout, stderr)
+    and raises subprocess.TimeoutExpired or OSError; it is injectable for tests. The formats
+    are probed once, on first use; engines that share a Toolchain share the probe.
+    """
+
+    def __init__(self, convert: Optional[str] = None, gs: Optional[str] = None,
+                 run: Callable = run_command):
+        self.convert = convert or _find_program(("magick", "convert"))
+        self.gs = gs or _find_program(("gs",))
+        self.run = run
+        self._lock = threading.Lock()
+        self._formats = None
+
+    def formats(self) -> Dict[str, bool]:
+        """Return which input formats this machine can thumbnail (probed once, then cached)."""
+        with self._lock:
+            if self._formats is None:
+                self._formats = self._probe_formats()
+            return dict(self._formats)
+
+    def _probe_formats(self) -> Dict[str, bool]:
+        readable = set()
+        if self.convert:
+            result = self._probe([self.convert, "-list", "format"])
+            for line in (result or "").splitlines():
+                match = _FORMAT_LINE.match(line)
+                if match and match.group(2) == "r":
+                    readable.add(match.group(1).lower())
+        formats = {fmt: coder in readable for fmt, (coder, _) in INPUTS.items() if coder}
+        # PDF pages are rendered by gs and, when needed, resized by convert as PNG.
+        formats["pdf"] = bool(self.gs and "png" in readable
+                              and self._probe([self.gs, "--version"]) is not None)
+        missing = sorted(fmt for fmt, ok in formats.items() if not ok)
+        if missing:
+            logger.info("Thumbnails unavailable for: %s", ", ".join(missing))
+        return formats
+
+    def _probe(self, argv: List[str]) -> Optional[str]:
+        try:
+            result = self.run(argv, timeout=PROBE_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as ex:
+            logger.warning("Cannot run %s: %s", argv[0], ex)
+            return None
+        if result.returncode != 0:
+            logger.warning("%s exited with %s", subprocess.list2cmdline(argv), result.returncode)
+            return None
+        return (result.stdout or b"").decode("utf-8", "replace")
+
+
 # ---------------------------------------------------------------------------- engine
 
 # One thumbnail to render: absolute source, its format, header size and mtime, target, scale.
-_Job = collections.namedtuple("_Job", "source fmt size mtime_ns target scale")
+Job = collections.namedtuple("Job", "source fmt size mtime_ns target scale")
 
 
 class NullObserver:
@@ -273,8 +339,9 @@ class _Flight:
 class Thumbnailer:
     """Render thumbnails: one conversion per target, bounded concurrency, failures remembered.
 
-    `run(argv, timeout)` returns a CompletedProcess-like object (returncode, stdout, stderr)
-    and raises subprocess.TimeoutExpired or OSError; it is injectable for tests.
+    The converters come as one `tools` (a Toolchain), else one is made from `convert`, `gs`
+    and `run` (see Toolchain). The conversions themselves are the `renderer`'s (a Renderer
+    over the tools by default; anything with render(job) for tests).
 
     Within a process, requests for one target share one flight. With `lock_dir` (the same
     directory in every process on the store, e.g. the built-in server's workers), processes
@@ -289,28 +356,24 @@ class Thumbnailer:
                  run: Callable = run_command,
                  limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
                  clock: Callable[[], float] = time.monotonic, observer=None,
-                 lock_dir: Optional[str] = None):
-        self.convert = convert or _find_program(("magick", "convert"))
-        self.gs = gs or _find_program(("gs",))
-        self.timeout = timeout
+                 lock_dir: Optional[str] = None, tools: Optional[Toolchain] = None,
+                 renderer=None):
+        self.tools = tools or Toolchain(convert, gs, run)
+        self.renderer = renderer or Renderer(self.tools, timeout, limits, max_pixels)
         self.max_workers = max_workers or os.cpu_count() or 1
         self.max_queue = max_queue
         self.max_pixels = max_pixels
         self.failure_ttl = failure_ttl
         self.can_thumbnail = None if can_thumbnail is None else frozenset(can_thumbnail)
-        self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
-        self._run = run
         self._clock = clock
         self.observer = observer or NullObserver()
         self.lock_dir = lock_dir
         self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
         self._slots = threading.Semaphore(self.max_workers)
         self._flights = {}  # absolute target path -> _Flight
         self._pending = 0  # conversions running or waiting for a slot
         self._failures = {}  # _failure_key(job) -> (expires, exception type, args)
         self._average_seconds = 1.0
-        self._formats = None
 
     # -- public API
 
@@ -329,7 +392,7 @@ class Thumbnailer:
         if fresh:
             return content_type
         fmt, size = self.inspect(source_path)
-        job = _Job(os.path.abspath(source_path), fmt, size, mtime_ns, target_path, scale)
+        job = Job(os.path.abspath(source_path), fmt, size, mtime_ns, target_path, scale)
         with self._lock:
             self._raise_remembered_failure(job)
             if _is_fresh(target_path, mtime_ns):
@@ -361,7 +424,7 @@ class Thumbnailer:
             if not self.formats().get(fmt):
                 raise NotThumbnailable("no %s converter on this server" % fmt.upper())
             size = read_dimensions(f, fmt)
-        self._check_pixels(size, fmt)
+        _check_pixels(size, fmt, self.max_pixels)
         return fmt, size
 
     @property
@@ -369,12 +432,19 @@ class Thumbnailer:
         """Return how many conversions are running or waiting for a slot."""
         return self._pending
 
+    @property
+    def convert(self) -> Optional[str]:
+        """Return the ImageMagick program (None if there is none)."""
+        return self.tools.convert
+
+    @property
+    def gs(self) -> Optional[str]:
+        """Return the Ghostscript program (None if there is none)."""
+        return self.tools.gs
+
     def formats(self) -> Dict[str, bool]:
         """Return which input formats this machine can thumbnail (probed once, then cached)."""
-        with self._probe_lock:
-            if self._formats is None:
-                self._formats = self._probe_formats()
-            return dict(self._formats)
+        return self.tools.formats()
 
     # -- single flight and bounded pool
 
@@ -388,7 +458,7 @@ class Thumbnailer:
         self._pending += 1
         return flight
 
-    def _lead(self, flight: _Flight, job: _Job) -> None:
+    def _lead(self, flight: _Flight, job: Job) -> None:
         try:
             # The lock comes before the slot: waiting for another process holds no slot.
             with self._process_lock(job.target):
@@ -407,12 +477,12 @@ class Thumbnailer:
                 self._pending -= 1
             flight.done.set()
 
-    def _convert(self, job: _Job) -> None:
+    def _convert(self, job: Job) -> None:
         started = self._clock()
         self.observer.conversion_started()
         ok = False
         try:
-            self._render(job)
+            self.renderer.render(job)
             ok = True
         finally:
             elapsed = self._clock() - started
@@ -437,14 +507,14 @@ class Thumbnailer:
         finally:
             os.close(fd)
 
-    def _remember_failure(self, job: _Job, ex: ThumbnailError) -> None:
+    def _remember_failure(self, job: Job, ex: ThumbnailError) -> None:
         now = self._clock()
         with self._lock:
             if len(self._failures) >= 1024:
                 self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
             self._failures[_failure_key(job)] = (now + self.failure_ttl, type(ex), ex.args)
 
-    def _raise_remembered_failure(self, job: _Job) -> None:
+    def _raise_remembered_failure(self, job: Job) -> None:
         # Called with self._lock held.
         key = _failure_key(job)
         failure = self._failures.get(key)
@@ -456,27 +526,32 @@ class Thumbnailer:
             return
         raise error_type(*args)
 
-    # -- conversion
 
-    def _check_pixels(self, size: Optional[Tuple[int, int]], fmt: str) -> None:
-        if size is None:
-            return
-        width, height = size
-        if width <= 0 or height <= 0:
-            raise ThumbnailError("%s image has no pixels (%dx%d)" % (fmt.upper(), width, height))
-        if width * height > self.max_pixels:
-            raise ThumbnailError("image too large: %dx%d exceeds the %d-pixel limit"
-                                 % (width, height, self.max_pixels))
+class Renderer:
+    """Render one Job with the toolchain: ImageMagick, and Ghostscript for PDF pages.
 
-    def _render(self, job: _Job) -> None:
-        """Render into a private '.thumb-*.tmp' dir beside the target, then publish atomically.
+    The Thumbnailer decides when to render (single flight, slots, failures); the renderer
+    only converts. `render(job)` publishes job.target atomically, dated no earlier than the
+    source, or raises ThumbnailError (DiskFull when the target's filesystem has no room).
+    """
+
+    def __init__(self, tools: Toolchain, timeout: float = 60,
+                 limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.tools = tools
+        self.timeout = timeout
+        self.limits = tuple(limits) + (("time", str(int(math.ceil(timeout)))),)
+        self.max_pixels = max_pixels
+
+    def render(self, job: Job) -> None:
+        """Render into a private RENDER_PREFIX dir beside the target, then publish atomically.
 
         Raise DiskFull when the target's filesystem has no room (the work dir is removed).
         """
         target_dir = os.path.dirname(job.target)
         with _disk_full_as_error(target_dir):
             os.makedirs(target_dir, exist_ok=True)
-            workdir = tempfile.mkdtemp(prefix=".thumb-", suffix=".tmp", dir=target_dir)
+            workdir = tempfile.mkdtemp(prefix=RENDER_PREFIX, suffix=TEMP_SUFFIX, dir=target_dir)
         try:
             # Inside the try: the free space is judged while the partial output still fills
             # the disk, before the work dir is removed.
@@ -485,7 +560,7 @@ class Thumbnailer:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _render_in(self, job: _Job, workdir: str, target_dir: str) -> None:
+    def _render_in(self, job: Job, workdir: str, target_dir: str) -> None:
         """Convert job.source into `workdir`, check the output, rename it onto the target."""
         if _IM_SPECIAL.search(workdir):
             raise ThumbnailError("thumbnail directory name has characters ImageMagick "
@@ -496,8 +571,8 @@ class Thumbnailer:
         if job.fmt == "pdf":
             self._render_pdf(source, workdir, out, out_fmt, job.scale)
         else:
-            self._call(convert_args(self.convert, source, job.fmt, out, out_fmt, job.scale,
-                                    self.limits, job.size))
+            self._call(convert_args(self.tools.convert, source, job.fmt, out, out_fmt,
+                                    job.scale, self.limits, job.size))
         self._check_output(out, out_fmt)
         if os.stat(out).st_mtime_ns < job.mtime_ns:
             # A source dated in the future must not leave its thumbnail stale forever.
@@ -510,12 +585,13 @@ class Thumbnailer:
         # guess was off or the name asks for another format.
         page = os.path.join(workdir, "page.png")
         dpi = pdf_resolution(read_pdf_page_size(source), scale)
-        self._call(ghostscript_args(self.gs, source, page, dpi))
+        self._call(ghostscript_args(self.tools.gs, source, page, dpi))
         size = self._check_output(page, "png")
         if out_fmt == "png" and max(size) <= scale:
             os.replace(page, out)
         else:
-            self._call(convert_args(self.convert, page, "png", out, out_fmt, scale, self.limits))
+            self._call(convert_args(self.tools.convert, page, "png", out, out_fmt, scale,
+                                    self.limits))
 
     def _check_output(self, path: str, fmt: str) -> Tuple[int, int]:
         if _free_bytes(os.path.dirname(path)) < DISK_FULL_BYTES:
@@ -528,13 +604,13 @@ class Thumbnailer:
             size = None
         if not size:
             raise ThumbnailError("the converter produced no %s image" % fmt.upper())
-        self._check_pixels(size, fmt)
+        _check_pixels(size, fmt, self.max_pixels)
         return size
 
     def _call(self, argv: List[str]) -> None:
         tool = os.path.basename(argv[0])
         try:
-            result = self._run(argv, timeout=self.timeout)
+            result = self.tools.run(argv, timeout=self.timeout)
         except subprocess.TimeoutExpired as ex:
             raise ThumbnailError("%s timed out after %gs" % (tool, self.timeout)) from ex
         except OSError as ex:
@@ -547,35 +623,17 @@ class Thumbnailer:
             raise ThumbnailError("%s could not convert this file (exit %s)"
                                  % (tool, result.returncode))
 
-    # -- capability probe
 
-    def _probe_formats(self) -> Dict[str, bool]:
-        readable = set()
-        if self.convert:
-            result = self._probe([self.convert, "-list", "format"])
-            for line in (result or "").splitlines():
-                match = _FORMAT_LINE.match(line)
-                if match and match.group(2) == "r":
-                    readable.add(match.group(1).lower())
-        formats = {fmt: coder in readable for fmt, (coder, _) in INPUTS.items() if coder}
-        # PDF pages are rendered by gs and, when needed, resized by convert as PNG.
-        formats["pdf"] = bool(self.gs and "png" in readable
-                              and self._probe([self.gs, "--version"]) is not None)
-        missing = sorted(fmt for fmt, ok in formats.items() if not ok)
-        if missing:
-            logger.info("Thumbnails unavailable for: %s", ", ".join(missing))
-        return formats
-
-    def _probe(self, argv: List[str]) -> Optional[str]:
-        try:
-            result = self._run(argv, timeout=PROBE_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as ex:
-            logger.warning("Cannot run %s: %s", argv[0], ex)
-            return None
-        if result.returncode != 0:
-            logger.warning("%s exited with %s", subprocess.list2cmdline(argv), result.returncode)
-            return None
-        return (result.stdout or b"").decode("utf-8", "replace")
+def _check_pixels(size: Optional[Tuple[int, int]], fmt: str, max_pixels: int) -> None:
+    """Raise ThumbnailError if an image of `size` has no pixels or more than `max_pixels`."""
+    if size is None:
+        return
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ThumbnailError("%s image has no pixels (%dx%d)" % (fmt.upper(), width, height))
+    if width * height > max_pixels:
+        raise ThumbnailError("image too large: %dx%d exceeds the %d-pixel limit"
+                             % (width, height, max_pixels))
 
 
 @contextlib.contextmanager
@@ -612,7 +670,7 @@ def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:
         return False
 
 
-def _failure_key(job: _Job) -> tuple:
+def _failure_key(job: Job) -> tuple:
     # A new upload under the same name (new mtime) is tried again at once.
     return job.source, job.mtime_ns, job.scale
 

@@ -1,0 +1,38 @@
+"""Shared fixtures: an app over a fresh store, a settable clock, pictures made by ImageMagick."""
+
+import pytest
+
+from tests import fakes
+from tests.helpers import CONVERT, DATE, NOW, convert_image, make_app
+from webassets import samples
+
+
+@pytest.fixture
+def clock():
+    """Return a FakeClock at NOW (a fractional second); tests move `clock.now`."""
+    return fakes.FakeClock(NOW)
+
+
+@pytest.fixture
+def app(tmp_path):
+    """Return a real app over a fresh store in tmp_path (the reference defaults)."""
+    return make_app(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Return the test pictures, made once by the real ImageMagick (skip without it)."""
+    if CONVERT is None:
+        pytest.skip("ImageMagick is not installed")
+    jpeg = convert_image(["-size", "400x300", "gradient:red-blue", "-strip", "jpeg:-"])
+    heic = convert_image(["-size", "400x300", "xc:green", "heic:-"])
+    exif = fakes.tiff_block([(0x010F, fakes.ASCII, "Canon")], [(0x9003, fakes.ASCII, DATE)])
+    return {
+        "jpeg": jpeg,
+        "exif": fakes.with_exif(jpeg, exif),
+        "small": convert_image(["-size", "50x40", "xc:orange", "-strip", "jpeg:-"]),
+        ".tif": convert_image(["-size", "400x300", "xc:blue", "tiff:-"]),
+        ".heic": heic,
+        ".heif": heic,
+        ".pdf": samples.pdf(),  # ImageMagick's policy here forbids writing PDF
+    }
