@@ -202,6 +202,14 @@ def apache_missing():
     return None
 
 
+def apache_root():
+    """Skip the test unless Apache, mod_wsgi and Debian's ExifRead are here; return make_root()."""
+    reason = apache_missing()
+    if reason:
+        pytest.skip(reason)
+    return make_root()
+
+
 def copy_checkout(root):
     """Copy bin/webassets.wsgi and the package to <root>/opt/webassets (the README's checkout)."""
     home = root + "/opt/webassets"

@@ -155,10 +155,7 @@ APACHE_SHORT_TIMEOUTS = (("header=20-40,MinRate=500", "header=2-40,MinRate=500")
 def apache():
     """Apache with etc/apache/webassets.conf on loopback and FILE_OFFLOAD = 'apache' (shorter
     reqtimeout deadlines); yields (client, store dir, apache) with apache.port set."""
-    reason = deploy_util.apache_missing()
-    if reason:
-        pytest.skip(reason)
-    root = deploy_util.make_root()
+    root = deploy_util.apache_root()
     process = None
     try:
         process, port = deploy_util.start_apache(root, APACHE_SHORT_TIMEOUTS, FILE_OFFLOAD="apache")
@@ -333,10 +330,7 @@ def test_wsgi_py_copied_out_of_its_package(tmp_path):
 def test_apache_serves_with_wsgi_py_as_the_script_file(jpeg):
     """WSGIScriptAlias pointing at the package's own wsgi.py (as Django sites do): both
     lifecycles at / and /assets, and nothing in Apache's error log."""
-    reason = deploy_util.apache_missing()
-    if reason:
-        pytest.skip(reason)
-    root = deploy_util.make_root()
+    root = deploy_util.apache_root()
     process = None
     try:
         replace = [(deploy_util.reroot(old, root), deploy_util.reroot(new, root)) for old, new in (
