@@ -706,3 +706,19 @@ def test_oversized_request_heads_are_refused(quiet, head, status):
         assert response.getheader("X-Content-Type-Options") == "nosniff"
         assert "sandbox" in response.getheader("Content-Security-Policy")
         assert served_promptly(server) < 1.0
+
+
+def test_discarding_an_unread_body_never_eats_the_next_request(quiet):
+    def app(environ, start_response):
+        if environ["REQUEST_METHOD"] == "GET":
+            return echo_app(environ, start_response)
+        start_response("403 Forbidden", [("Content-Length", "2")])
+        return [b"no"]  # the body is left unread: the server drains it
+
+    with running_server(app) as server:
+        sock = raw_connect(server)
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        assert read_response(sock)[::2] == (403, b"no")
+        # The rest of the body and the next request arrive together, after the answer.
+        sock.sendall(b"x" * 1000 + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[::2] == (200, b"GET /next? ")

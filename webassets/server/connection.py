@@ -318,7 +318,7 @@ class RequestBody(object):
     def discard(self) -> None:
         """Read and drop the rest of the body; raise like read()."""
         while self.remaining and not self.failed:
-            self._recv(BLOCK_SIZE)
+            self._recv(min(BLOCK_SIZE, self.remaining))
 
     def _allowed(self, size):
         if size is None or size < 0 or size > self.remaining:
@@ -327,6 +327,8 @@ class RequestBody(object):
 
     def _recv(self, size):
         """Receive up to `size` (<= remaining) bytes; b"" and `failed` if the client left."""
+        # Never past the body: what follows it is the client's next request.
+        size = min(size, self.remaining)
         if not size:
             return b""
         if self._send_continue is not None:
