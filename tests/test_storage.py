@@ -50,7 +50,7 @@ def test_save_replaces_atomically_and_leaves_no_temp(tmp_path):
     store = FileStore(str(tmp_path))
     _save(store, "a.jpg", b"one")
     _save(store, "a.jpg", b"two")
-    with store.open_original(None, "a.jpg") as handle:
+    with store.open(None, "a.jpg") as handle:
         assert handle.read() == b"two"
     assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
 
@@ -61,7 +61,7 @@ def test_discarded_upload_keeps_previous_version(tmp_path):
     with store.stage(None) as staged:
         staged.write(b"partial")
     assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
-    with store.open_original(None, "a.jpg") as handle:
+    with store.open(None, "a.jpg") as handle:
         assert handle.read() == b"one"
 
 
@@ -95,9 +95,9 @@ def test_commit_across_filesystems_copies(tmp_path, monkeypatch):
 def test_missing_original(tmp_path):
     store = FileStore(str(tmp_path))
     with pytest.raises(MissingFile):
-        store.stat_original(None, "nope.jpg")
+        store.stat(None, "nope.jpg")
     with pytest.raises(MissingFile):
-        store.open_original(None, "nope.jpg")
+        store.open(None, "nope.jpg")
     with pytest.raises(MissingFile):
         store.delete_original(None, "nope.jpg", lambda name: True)
 
@@ -106,7 +106,7 @@ def test_directory_is_not_a_file(tmp_path):
     store = FileStore(str(tmp_path))
     os.makedirs(str(tmp_path / "originals" / "dir.jpg"))
     with pytest.raises(MissingFile):
-        store.open_original(None, "dir.jpg")
+        store.open(None, "dir.jpg")
 
 
 def test_delete_removes_only_selected_thumbnails(tmp_path):
@@ -151,3 +151,96 @@ def test_static_path_refuses_symlink_out_of_store(tmp_path):
 def test_relative_uses_slashes(tmp_path):
     store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
     assert store.relative(store.original_path("C", "a b.jpg")) == "c/originals/a b.jpg"
+
+
+# ---------------------------------------------------------------------------- the interface
+
+def test_check_collection(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    assert store.check_collection("C") is None
+    with pytest.raises(UnknownCollection):
+        store.check_collection("Unknown")
+    assert FileStore(str(tmp_path)).check_collection("anything") is None  # COMPAT: one store
+
+
+def test_stat_and_open_give_size_mtime_and_etag(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"12345")
+    path = tmp_path / "originals" / "a.jpg"
+    os.utime(str(path), ns=(1700000000123456789, 1700000000123456789))
+    info = store.stat(None, "a.jpg")
+    assert (info.size, info.mtime_ns) == (5, 1700000000123456789)
+    assert info.mtime == os.stat(str(path)).st_mtime
+    assert info.etag == '"%x-%x"' % (1700000000123456789, 5)
+    with store.open(None, "a.jpg") as handle:
+        assert (handle.size, handle.mtime, handle.etag) == (5, info.mtime, info.etag)
+        assert handle.local_path == str(path)
+        assert os.fstat(handle.fileno()).st_ino == os.stat(str(path)).st_ino  # sendfile
+        handle.seek(2)
+        assert (handle.tell(), handle.read(2), handle.read()) == (2, b"34", b"5")
+    assert handle.closed
+
+
+def test_thumbnails_are_a_kind_of_their_own(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"original")
+    (tmp_path / "thumbnails").mkdir()
+    (tmp_path / "thumbnails" / "a_200.jpg").write_bytes(b"thumb")
+    assert store.list(None) == ["a.jpg"]
+    assert store.list(None, storage.THUMBNAIL) == ["a_200.jpg"]
+    assert store.stat(None, "a_200.jpg", storage.THUMBNAIL).size == 5
+    with store.open(None, "a_200.jpg", storage.THUMBNAIL) as handle:
+        assert handle.read() == b"thumb"
+    with pytest.raises(MissingFile):
+        store.open(None, "a_200.jpg")  # not an original
+    with pytest.raises(UnsafeName):
+        store.stat(None, "../originals/a.jpg", storage.THUMBNAIL)
+
+
+def test_local_copy_is_the_file_itself(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a b.jpg", b"data")
+    with store.local_copy(None, "a b.jpg") as path:
+        assert path == str(tmp_path / "originals" / "a b.jpg")
+        with open(path, "rb") as handle:
+            assert handle.read() == b"data"
+    assert os.path.exists(path)  # the filesystem store lends, never copies
+    with pytest.raises(MissingFile):
+        with store.local_copy(None, "nope.jpg"):
+            pass  # pragma: no cover
+
+
+def test_local_path_and_static_name(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    assert store.local_path("C", "a.jpg") == str(tmp_path / "c" / "originals" / "a.jpg")
+    assert store.local_path("C", "a_9.jpg", storage.THUMBNAIL) == str(
+        tmp_path / "c" / "thumbnails" / "a_9.jpg")
+    assert store.static_name("C", "a b.jpg") == "c/originals/a b.jpg"
+    assert store.static_name("C", "a_9.jpg", storage.THUMBNAIL) == "c/thumbnails/a_9.jpg"
+
+
+def test_open_static(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"data")
+    with store.open_static("originals/a.jpg") as handle:
+        assert handle.read() == b"data" and handle.size == 4
+    with pytest.raises(MissingFile):
+        store.open_static("originals")  # a directory is not a file
+    with pytest.raises(UnsafeName):
+        store.open_static("../x")
+
+
+def test_open_local_refuses_what_is_not_a_regular_file(tmp_path):
+    with pytest.raises(MissingFile):
+        storage.open_local(str(tmp_path / "absent"))
+    with pytest.raises(MissingFile):
+        storage.open_local(str(tmp_path))
+
+
+def test_the_interface_is_abstract(tmp_path):
+    store = storage.Store()
+    for call in (lambda: store.stat("c", "a"), lambda: store.open("c", "a"),
+                 lambda: store.list("c"), lambda: store.local_path("c", "a"),
+                 lambda: store.check_collection("c")):
+        with pytest.raises(NotImplementedError):
+            call()
