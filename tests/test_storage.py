@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from webassets import storage
+from tests.fakes import FakeRenderer, fake_thumbnailer
+from webassets import samples, storage
 from webassets.storage import FileStore, MissingFile, UnknownCollection, UnsafeName, check_name
 
 
@@ -244,3 +245,22 @@ def test_the_interface_is_abstract(tmp_path):
                  lambda: store.check_collection("c")):
         with pytest.raises(NotImplementedError):
             call()
+
+
+# ---------------------------------------------------------------------------- thumbnails through it
+
+def test_thumbnail_of_renders_into_the_store_and_is_then_fresh(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    _save(store, "a b.png", samples.png(), coll="C")
+    renderer = FakeRenderer()
+    engine = fake_thumbnailer(renderer)
+    assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
+    assert store.list("C", storage.THUMBNAIL) == ["a b_64.png"]
+    with store.open("C", "a b_64.png", storage.THUMBNAIL) as handle:
+        assert handle.read() == samples.png()
+    assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
+    assert len(renderer.calls) == 1
+    with pytest.raises(MissingFile):
+        engine.thumbnail_of(store, "C", "gone.png", 64)
+    with pytest.raises(UnknownCollection):
+        engine.thumbnail_of(store, "Nope", "a b.png", 64)

@@ -41,12 +41,7 @@ def _thumbnail(app, coll, name, scale_value):
     """
     settings = app.settings
     scale = thumbnails.parse_scale(scale_value, settings.MAX_SCALE, settings.THUMBNAIL_SIZES)
-    app.store.stat(coll, name)  # 404 before any conversion work
-    thumb_name = thumbnails.thumbnail_name(name, scale)
-    source = app.store.local_path(coll, name)
-    target = app.store.local_path(coll, thumb_name, storage.THUMBNAIL)
-    content_type = app.thumbnailer.thumbnail(source, target, scale)
-    return thumb_name, content_type
+    return app.thumbnailer.thumbnail_of(app.store, coll, name, scale)
 
 
 def fileget(app, request):
