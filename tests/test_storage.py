@@ -264,3 +264,17 @@ def test_thumbnail_of_renders_into_the_store_and_is_then_fresh(tmp_path):
         engine.thumbnail_of(store, "C", "gone.png", 64)
     with pytest.raises(UnknownCollection):
         engine.thumbnail_of(store, "Nope", "a b.png", 64)
+
+
+def test_prepare_and_problem(tmp_path):
+    store = FileStore(str(tmp_path / "store"))
+    assert store.problem() == "BASE_DIR does not exist or is not a directory"  # never created
+    assert not (tmp_path / "store").exists()
+    store.prepare()
+    assert store.problem() is None and os.listdir(str(tmp_path / "store")) == []
+    if os.geteuid() != 0:  # root writes anywhere
+        os.chmod(str(tmp_path / "store"), 0o500)
+        try:
+            assert store.problem().startswith("cannot create a file in BASE_DIR")
+        finally:
+            os.chmod(str(tmp_path / "store"), 0o700)

@@ -93,7 +93,7 @@ def _settings_section(screen, settings):
 
 def _store_section(screen, settings, store):
     screen.section("Store")
-    problem = health.store_problem(settings.BASE_DIR)
+    problem = store.problem()
     if problem:
         screen.item("FAIL", "BASE_DIR %s: %s" % (settings.BASE_DIR, problem))
         return

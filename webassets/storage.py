@@ -249,6 +249,14 @@ class Store:
     name and MissingFile for an absent file; OSError for I/O failures.
     """
 
+    def prepare(self):
+        """Create what the store needs before its first request; OSError if it cannot."""
+        raise NotImplementedError
+
+    def problem(self):
+        """Return why the store cannot take a new file now (one line), or None if it can."""
+        raise NotImplementedError
+
     def check_collection(self, coll):
         """Return None if `coll` is a known collection; UnknownCollection otherwise."""
         raise NotImplementedError
@@ -348,6 +356,30 @@ class FileStore(Store):
         if kind == THUMBNAIL:
             return self.thumbnail_path(coll, name)
         raise ValueError("unknown kind of file: %r" % (kind,))
+
+    def prepare(self):
+        """Create BASE_DIR if it is missing; OSError if it cannot be."""
+        os.makedirs(self.base_dir, exist_ok=True)
+
+    def problem(self):
+        """Return why a file cannot be created in BASE_DIR, or None if it can.
+
+        Nothing is created if BASE_DIR is missing: an unmounted volume must not look ready.
+        """
+        if not os.path.isdir(self.base_dir):
+            return "BASE_DIR does not exist or is not a directory"
+        try:
+            # The upload prefix: if we die before the unlink, fsck removes the leftover.
+            fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX,
+                                        dir=self.base_dir)
+        except OSError as ex:
+            return "cannot create a file in BASE_DIR: %s" % (ex.strerror or ex)
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError as ex:
+            return "cannot remove a file from BASE_DIR: %s" % (ex.strerror or ex)
+        return None
 
     def check_collection(self, coll):
         """Return None if `coll` is a known collection; UnknownCollection otherwise."""
