@@ -278,3 +278,22 @@ def test_prepare_and_problem(tmp_path):
             assert store.problem().startswith("cannot create a file in BASE_DIR")
         finally:
             os.chmod(str(tmp_path / "store"), 0o700)
+
+
+def test_describe_areas_and_free_space(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"KU Fish": "fish", "KUFishtissue": "fish",
+                                                      "Birds": "birds"})
+    assert [area.colls for area in store.areas()] == [("Birds",), ("KU Fish", "KUFishtissue")]
+    assert store.areas("KUFishtissue") == store.areas("KU Fish")
+    with pytest.raises(UnknownCollection):
+        store.areas("Unknown")
+    rows = store.describe()
+    assert rows[0] == ("ok", "BASE_DIR %s is writable" % tmp_path)
+    assert ("ok", "%s (Birds) not created yet (made on first use)"
+            % (tmp_path / "birds" / "originals")) in rows
+    assert len(rows) == 5
+    free, total = store.free_space()
+    assert 0 <= free <= total
+    missing = FileStore(str(tmp_path / "gone"))
+    assert missing.describe() == [
+        ("FAIL", "BASE_DIR %s: BASE_DIR does not exist or is not a directory" % missing.base_dir)]

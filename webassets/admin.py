@@ -10,7 +10,6 @@ import stat
 import sys
 import threading
 import time
-from typing import NamedTuple
 
 from . import logutil, storage, thumbnails
 from .exitcodes import EXIT_ATTENTION, EXIT_OK
@@ -25,35 +24,12 @@ DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
 MAX_LISTED_FAILURES = 20
 
 
-class Area(NamedTuple):
-    """One collection directory of the store: where its originals and thumbnails are."""
-
-    label: str  # its directory under BASE_DIR; '.' when COLLECTION_DIRS is None
-    colls: tuple  # the collections kept there
-    originals: str
-    thumbnails: str
+Area = storage.Area
 
 
 def areas(store, coll=None):
-    """Return the store's collection directories, or only `coll`'s; UnknownCollection.
-
-    Collections that share a directory share one Area.
-    """
-    if store.collection_dirs is None:
-        # COMPAT: without COLLECTION_DIRS every collection is the one store.
-        return [Area(".", (), store.originals_dir(None), store.thumbnails_dir(None))]
-    wanted = store.originals_dir(coll) if coll is not None else None
-    by_dir = {}
-    for name, directory in store.collection_dirs.items():
-        by_dir.setdefault(directory, []).append(name)
-    found = []
-    for directory, colls in sorted(by_dir.items()):
-        first = sorted(colls)[0]
-        area = Area(directory, tuple(sorted(colls)), store.originals_dir(first),
-                    store.thumbnails_dir(first))
-        if wanted is None or area.originals == wanted:
-            found.append(area)
-    return found
+    """Return the store's collection directories, or only `coll`'s; UnknownCollection."""
+    return store.areas(coll)
 
 
 class _Owners:

@@ -167,6 +167,21 @@ def open_local(path):
     return StoredFile(handle, FileInfo.from_stat(info), os.path.abspath(path))
 
 
+def _directory_row(directory, names):
+    """Return (status, line): can this user write into `directory`, or create it?"""
+    if os.path.isdir(directory):
+        writable = os.access(directory, os.W_OK | os.X_OK)
+        return ("ok" if writable else "FAIL", "%s%s %s" % (
+            directory, names, "is writable" if writable else "is NOT writable by this user"))
+    parent = directory
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    creatable = os.access(parent, os.W_OK | os.X_OK)
+    return ("ok" if creatable else "FAIL", "%s%s %s" % (
+        directory, names, "not created yet (made on first use)" if creatable
+        else "is missing and %s is not writable" % parent))
+
+
 def _fsync_dir(path):
     """Flush a directory entry so a rename survives a crash (best effort)."""
     try:
@@ -179,6 +194,15 @@ def _fsync_dir(path):
         pass  # NOTE: some filesystems refuse fsync on directories; the rename still happened.
     finally:
         os.close(fd)
+
+
+class Area(NamedTuple):
+    """One collection directory of a FileStore: where its originals and thumbnails are."""
+
+    label: str  # its directory under BASE_DIR; '.' when COLLECTION_DIRS is None
+    colls: tuple  # the collections kept there
+    originals: str
+    thumbnails: str
 
 
 class StagedFile:
@@ -255,6 +279,17 @@ class Store:
 
     def problem(self):
         """Return why the store cannot take a new file now (one line), or None if it can."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Return [(status, line)] for `webassets check`: status is 'ok', 'warn' or 'FAIL'.
+
+        The first row is the store as a whole; a 'FAIL' there ends the list.
+        """
+        raise NotImplementedError
+
+    def free_space(self):
+        """Return (free bytes, total bytes) where new files go, or None if unknown."""
         raise NotImplementedError
 
     def check_collection(self, coll):
@@ -380,6 +415,44 @@ class FileStore(Store):
         except OSError as ex:
             return "cannot remove a file from BASE_DIR: %s" % (ex.strerror or ex)
         return None
+
+    def describe(self):
+        """Return [(status, line)]: BASE_DIR writable, then each collection directory."""
+        problem = self.problem()
+        if problem:
+            return [("FAIL", "BASE_DIR %s: %s" % (self.base_dir, problem))]
+        rows = [("ok", "BASE_DIR %s is writable" % self.base_dir)]
+        for area in self.areas():
+            names = " (%s)" % ", ".join(area.colls) if area.colls else ""
+            rows.extend(_directory_row(directory, names)
+                        for directory in (area.originals, area.thumbnails))
+        return rows
+
+    def free_space(self):
+        """Return (free bytes, total bytes) of BASE_DIR's filesystem."""
+        usage = shutil.disk_usage(self.base_dir)
+        return usage.free, usage.total
+
+    def areas(self, coll=None):
+        """Return the collection directories (Area), or only `coll`'s; UnknownCollection.
+
+        Collections that share a directory share one Area.
+        """
+        if self.collection_dirs is None:
+            # COMPAT: without COLLECTION_DIRS every collection is the one store.
+            return [Area(".", (), self.originals_dir(None), self.thumbnails_dir(None))]
+        wanted = self.originals_dir(coll) if coll is not None else None
+        by_dir = {}
+        for name, directory in self.collection_dirs.items():
+            by_dir.setdefault(directory, []).append(name)
+        found = []
+        for directory, colls in sorted(by_dir.items()):
+            first = sorted(colls)[0]
+            area = Area(directory, tuple(sorted(colls)), self.originals_dir(first),
+                        self.thumbnails_dir(first))
+            if wanted is None or area.originals == wanted:
+                found.append(area)
+        return found
 
     def check_collection(self, coll):
         """Return None if `coll` is a known collection; UnknownCollection otherwise."""
