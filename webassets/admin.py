@@ -149,9 +149,9 @@ def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, 
     """
     scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
                                             settings.THUMBNAIL_SIZES) for size in sizes})
-    work = [(area.colls[0] if area.colls else None, name, scale)
-            for area in areas(store, coll) for name in store.list(area.colls[0] if area.colls
-                                                                  else None)
+    # One collection stands for each directory (None: COLLECTION_DIRS is None, any will do).
+    colls = [area.colls[0] if area.colls else None for area in areas(store, coll)]
+    work = [(one_coll, name, scale) for one_coll in colls for name in store.list(one_coll)
             if _unsafe(name) is None for scale in scales]
     # More threads than the engine's converter slots would only wait for a slot.
     jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
