@@ -2,10 +2,13 @@
 
 import errno
 import os
+from urllib.parse import unquote
 
 import pytest
 
-from tests.fakes import FakeRenderer, fake_thumbnailer
+from tests.fakes import ASCII, FakeRenderer, MemoryStore, fake_thumbnailer, tiff_block, with_exif
+from tests.helpers import COLL, DATE, call, make_settings, token, upload
+from webassets.app import create_app
 from webassets import samples, storage
 from webassets.storage import FileStore, MissingFile, UnknownCollection, UnsafeName, check_name
 
@@ -297,3 +300,34 @@ def test_describe_areas_and_free_space(tmp_path):
     missing = FileStore(str(tmp_path / "gone"))
     assert missing.describe() == [
         ("FAIL", "BASE_DIR %s: BASE_DIR does not exist or is not a directory" % missing.base_dir)]
+
+
+# ---------------------------------------------------------------------------- no paths in handlers
+
+def test_handlers_serve_a_store_without_local_paths(tmp_path):
+    store = MemoryStore(colls={COLL})
+    app = create_app(make_settings(tmp_path / "unused"), store=store)
+    photo = with_exif(b"\xff\xd8\xff\xd9", tiff_block([], [(0x9003, ASCII, DATE)]))
+    assert upload(app, "a b.jpg", photo).body == b"Ok."
+    assert store.list(COLL) == ["a b.jpg"]
+    query = {"type": "O", "coll": COLL, "filename": "a b.jpg"}
+    whole = call(app, "GET", "/fileget", query)
+    assert whole.status == 200 and whole.body == photo
+    assert whole.header("ETag") == store.stat(COLL, "a b.jpg").etag
+    assert call(app, "GET", "/fileget", query,
+                headers={"If-None-Match": whole.header("ETag")}).status == 304
+    part = call(app, "GET", "/fileget", query, headers={"Range": "bytes=0-1"})
+    assert (part.status, part.body) == (206, b"\xff\xd8")
+    date = call(app, "GET", "/getmetadata", {"coll": COLL, "filename": "a b.jpg", "dt": "date"})
+    assert date.body == DATE.encode()
+    ref = call(app, "GET", "/getfileref", {"type": "O", "coll": COLL, "filename": "a b.jpg"})
+    static = unquote(ref.body.decode().split("/static/", 1)[1])  # as a server decodes it
+    assert call(app, "GET", "/static/" + static).body == photo
+    assert call(app, "GET", "/fileget", dict(query, coll="Nope")).status == 404
+    body = "filename=a+b.jpg&coll=%s&token=%s" % (COLL.replace(" ", "+"), token("a b.jpg"))
+    deleted = call(app, "POST", "/filedelete", body=body.encode(),
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert deleted.status == 200 and store.files == {}
+    assert call(app, "GET", "/fileget", query).status == 404
+    assert call(app, "GET", "/readyz").status in (200, 503)  # converters may be missing here
+    assert not (tmp_path / "unused").exists()  # nothing went to BASE_DIR
