@@ -1,15 +1,17 @@
-"""Test doubles, one of each: converters, a renderer, wsgi.input, EXIF, a port, a live server."""
+"""Test doubles, one of each: converters, a renderer, a store, wsgi.input, EXIF, a port, a server."""
 
 import contextlib
+import io
 import os
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 import zlib
 
-from webassets import samples, thumbnails
+from webassets import samples, storage, thumbnails
 from webassets.server import make_server
 
 WAIT = 10.0  # upper bound for anything a fake waits on
@@ -132,6 +134,103 @@ def fake_thumbnailer(renderer=None, formats=ALL_FORMATS, **options):
     """Return a Thumbnailer over fake converters and `renderer` (a FakeRenderer by default)."""
     return thumbnails.Thumbnailer(tools=fake_tools(formats), renderer=renderer or FakeRenderer(),
                                   **options)
+
+
+# ---------------------------------------------------------------------------- a store
+
+class MemoryStore(storage.Store):
+    """A storage.Store in a dict, with no local paths: proves handlers need none.
+
+    Collections are `colls` (any name when None). Files are {(coll, kind, name): (bytes,
+    mtime_ns)}; local_copy() writes a temporary file, as a remote store would.
+    """
+
+    def __init__(self, colls=None):
+        self.colls = colls
+        self.files = {}
+
+    def _key(self, coll, name, kind):
+        self.check_collection(coll)
+        return (coll, kind, storage.check_name(name))
+
+    def _get(self, coll, name, kind):
+        try:
+            return self.files[self._key(coll, name, kind)]
+        except KeyError:
+            raise storage.MissingFile("File does not exist.") from None
+
+    def prepare(self):
+        pass
+
+    def problem(self):
+        return None
+
+    def describe(self):
+        return [("ok", "memory store with %d file(s)" % len(self.files))]
+
+    def free_space(self):
+        return None
+
+    def check_collection(self, coll):
+        if self.colls is not None and coll not in self.colls:
+            raise storage.UnknownCollection("Unknown collection: %r" % (coll,))
+
+    def stat(self, coll, name, kind=storage.ORIGINAL):
+        data, mtime_ns = self._get(coll, name, kind)
+        return storage.FileInfo(len(data), mtime_ns)
+
+    def open(self, coll, name, kind=storage.ORIGINAL):
+        data, _ = self._get(coll, name, kind)
+        return storage.StoredFile(io.BytesIO(data), self.stat(coll, name, kind))
+
+    def stage(self, coll=None, known_coll=False):
+        return _MemoryStaged()
+
+    def save_original(self, coll, name, staged):
+        self.files[self._key(coll, name, storage.ORIGINAL)] = (staged.getvalue(),
+                                                               int(time.time() * 1e9))
+
+    def delete_original(self, coll, name, is_own_thumbnail):
+        self._get(coll, name, storage.ORIGINAL)
+        del self.files[self._key(coll, name, storage.ORIGINAL)]
+        removed = [thumb for thumb in self.list(coll, storage.THUMBNAIL) if is_own_thumbnail(thumb)]
+        for thumb in removed:
+            del self.files[(coll, storage.THUMBNAIL, thumb)]
+        return removed
+
+    def list(self, coll, kind=storage.ORIGINAL):
+        self.check_collection(coll)
+        return sorted(name for (key_coll, key_kind, name) in self.files
+                      if (key_coll, key_kind) == (coll, kind))
+
+    @contextlib.contextmanager
+    def local_copy(self, coll, name, kind=storage.ORIGINAL):
+        data, _ = self._get(coll, name, kind)
+        with tempfile.NamedTemporaryFile(prefix="memory-store-") as copy:
+            copy.write(data)
+            copy.flush()
+            yield copy.name
+
+    def local_path(self, coll, name, kind=storage.ORIGINAL):
+        return None
+
+    def static_name(self, coll, name, kind=storage.ORIGINAL):
+        return "%s/%s/%s" % (coll, kind, storage.check_name(name))
+
+    def open_static(self, relpath):
+        coll, kind, name = (relpath.split("/") + ["", ""])[:3]
+        return self.open(coll, name, kind)
+
+
+class _MemoryStaged(io.BytesIO):
+    """An upload received into memory (MemoryStore.stage)."""
+
+    @property
+    def size(self):
+        return len(self.getvalue())
+
+    def discard(self):
+        pass
 
 
 # ---------------------------------------------------------------------------- wsgi.input

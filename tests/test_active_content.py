@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tests.helpers import COLL, call, make_app, make_settings, sp7_upload, token
-from webassets import httputil, samples
+from webassets import httputil, samples, thumbnails
 from webassets.app import create_app
 
 CSP = "Content-Security-Policy"
@@ -180,6 +180,8 @@ def test_static_serves_under_the_same_policy(app):
 
 class PNGThumbnailer:
     """A thumbnail engine that writes the PNG sample: type=T is always an image we made."""
+
+    thumbnail_of = thumbnails.Thumbnailer.thumbnail_of  # the store side as the real engine's
 
     def thumbnail(self, source, target, scale):
         os.makedirs(os.path.dirname(target), exist_ok=True)

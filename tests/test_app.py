@@ -39,10 +39,10 @@ def test_every_domain_error_has_a_row():
 
 
 def test_os_errors_are_logged_never_shown(app, monkeypatch, caplog):
-    def broken(coll, name):
+    def broken(coll, name, kind=None):
         raise OSError(errno.EIO, "Input/output error", "/srv/secret/path")
 
-    monkeypatch.setattr(app.store, "open_original", broken)
+    monkeypatch.setattr(app.store, "open", broken)
     caplog.set_level(logging.ERROR, logger="webassets.app")
     res = call(app, "GET", "/fileget", {"type": "O", "filename": "a.jpg"})
     assert res.status == 500 and b"secret" not in res.body

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from webassets import errors
+from webassets import errors, storage
 from webassets.httputil import Request, _parse_range, content_disposition, file_response, guess_type
 
 
@@ -57,7 +57,7 @@ def _file(tmp_path, data=b"0123456789"):
     path = tmp_path / "f.bin"
     if not path.exists():
         path.write_bytes(data)
-    return open(str(path), "rb")
+    return storage.open_local(str(path))
 
 
 def test_file_response_full_and_etag_304(tmp_path):

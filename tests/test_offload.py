@@ -74,7 +74,7 @@ def test_file_response_leaves_conditionals_and_ranges_to_the_front_server(tmp_pa
     path = tmp_path / "x.html"
     path.write_bytes(b"<p>hello</p>")
     request = FakeRequest(Range="bytes=0-1", **{"If-None-Match": "*"})
-    response = file_response(request, open(str(path), "rb"), "text/html; charset=UTF-8",
+    response = file_response(request, storage.open_local(str(path)), "text/html; charset=UTF-8",
                              [("Content-Disposition", "inline")],
                              offload=Offload("apache", str(tmp_path)))
     assert response.status == 200 and response.body == [b""]

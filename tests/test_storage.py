@@ -2,10 +2,14 @@
 
 import errno
 import os
+from urllib.parse import unquote
 
 import pytest
 
-from webassets import storage
+from tests.fakes import ASCII, FakeRenderer, MemoryStore, fake_thumbnailer, tiff_block, with_exif
+from tests.helpers import COLL, DATE, call, make_settings, token, upload
+from webassets.app import create_app
+from webassets import samples, storage
 from webassets.storage import FileStore, MissingFile, UnknownCollection, UnsafeName, check_name
 
 
@@ -50,7 +54,7 @@ def test_save_replaces_atomically_and_leaves_no_temp(tmp_path):
     store = FileStore(str(tmp_path))
     _save(store, "a.jpg", b"one")
     _save(store, "a.jpg", b"two")
-    with store.open_original(None, "a.jpg") as handle:
+    with store.open(None, "a.jpg") as handle:
         assert handle.read() == b"two"
     assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
 
@@ -61,7 +65,7 @@ def test_discarded_upload_keeps_previous_version(tmp_path):
     with store.stage(None) as staged:
         staged.write(b"partial")
     assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
-    with store.open_original(None, "a.jpg") as handle:
+    with store.open(None, "a.jpg") as handle:
         assert handle.read() == b"one"
 
 
@@ -95,9 +99,9 @@ def test_commit_across_filesystems_copies(tmp_path, monkeypatch):
 def test_missing_original(tmp_path):
     store = FileStore(str(tmp_path))
     with pytest.raises(MissingFile):
-        store.stat_original(None, "nope.jpg")
+        store.stat(None, "nope.jpg")
     with pytest.raises(MissingFile):
-        store.open_original(None, "nope.jpg")
+        store.open(None, "nope.jpg")
     with pytest.raises(MissingFile):
         store.delete_original(None, "nope.jpg", lambda name: True)
 
@@ -106,7 +110,7 @@ def test_directory_is_not_a_file(tmp_path):
     store = FileStore(str(tmp_path))
     os.makedirs(str(tmp_path / "originals" / "dir.jpg"))
     with pytest.raises(MissingFile):
-        store.open_original(None, "dir.jpg")
+        store.open(None, "dir.jpg")
 
 
 def test_delete_removes_only_selected_thumbnails(tmp_path):
@@ -151,3 +155,179 @@ def test_static_path_refuses_symlink_out_of_store(tmp_path):
 def test_relative_uses_slashes(tmp_path):
     store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
     assert store.relative(store.original_path("C", "a b.jpg")) == "c/originals/a b.jpg"
+
+
+# ---------------------------------------------------------------------------- the interface
+
+def test_check_collection(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    assert store.check_collection("C") is None
+    with pytest.raises(UnknownCollection):
+        store.check_collection("Unknown")
+    assert FileStore(str(tmp_path)).check_collection("anything") is None  # COMPAT: one store
+
+
+def test_stat_and_open_give_size_mtime_and_etag(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"12345")
+    path = tmp_path / "originals" / "a.jpg"
+    os.utime(str(path), ns=(1700000000123456789, 1700000000123456789))
+    info = store.stat(None, "a.jpg")
+    assert (info.size, info.mtime_ns) == (5, 1700000000123456789)
+    assert info.mtime == os.stat(str(path)).st_mtime
+    assert info.etag == '"%x-%x"' % (1700000000123456789, 5)
+    with store.open(None, "a.jpg") as handle:
+        assert (handle.size, handle.mtime, handle.etag) == (5, info.mtime, info.etag)
+        assert handle.local_path == str(path)
+        assert os.fstat(handle.fileno()).st_ino == os.stat(str(path)).st_ino  # sendfile
+        handle.seek(2)
+        assert (handle.tell(), handle.read(2), handle.read()) == (2, b"34", b"5")
+    assert handle.closed
+
+
+def test_thumbnails_are_a_kind_of_their_own(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"original")
+    (tmp_path / "thumbnails").mkdir()
+    (tmp_path / "thumbnails" / "a_200.jpg").write_bytes(b"thumb")
+    assert store.list(None) == ["a.jpg"]
+    assert store.list(None, storage.THUMBNAIL) == ["a_200.jpg"]
+    assert store.stat(None, "a_200.jpg", storage.THUMBNAIL).size == 5
+    with store.open(None, "a_200.jpg", storage.THUMBNAIL) as handle:
+        assert handle.read() == b"thumb"
+    with pytest.raises(MissingFile):
+        store.open(None, "a_200.jpg")  # not an original
+    with pytest.raises(UnsafeName):
+        store.stat(None, "../originals/a.jpg", storage.THUMBNAIL)
+
+
+def test_local_copy_is_the_file_itself(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a b.jpg", b"data")
+    with store.local_copy(None, "a b.jpg") as path:
+        assert path == str(tmp_path / "originals" / "a b.jpg")
+        with open(path, "rb") as handle:
+            assert handle.read() == b"data"
+    assert os.path.exists(path)  # the filesystem store lends, never copies
+    with pytest.raises(MissingFile):
+        with store.local_copy(None, "nope.jpg"):
+            pass  # pragma: no cover
+
+
+def test_local_path_and_static_name(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    assert store.local_path("C", "a.jpg") == str(tmp_path / "c" / "originals" / "a.jpg")
+    assert store.local_path("C", "a_9.jpg", storage.THUMBNAIL) == str(
+        tmp_path / "c" / "thumbnails" / "a_9.jpg")
+    assert store.static_name("C", "a b.jpg") == "c/originals/a b.jpg"
+    assert store.static_name("C", "a_9.jpg", storage.THUMBNAIL) == "c/thumbnails/a_9.jpg"
+
+
+def test_open_static(tmp_path):
+    store = FileStore(str(tmp_path))
+    _save(store, "a.jpg", b"data")
+    with store.open_static("originals/a.jpg") as handle:
+        assert handle.read() == b"data" and handle.size == 4
+    with pytest.raises(MissingFile):
+        store.open_static("originals")  # a directory is not a file
+    with pytest.raises(UnsafeName):
+        store.open_static("../x")
+
+
+def test_open_local_refuses_what_is_not_a_regular_file(tmp_path):
+    with pytest.raises(MissingFile):
+        storage.open_local(str(tmp_path / "absent"))
+    with pytest.raises(MissingFile):
+        storage.open_local(str(tmp_path))
+
+
+def test_the_interface_is_abstract(tmp_path):
+    store = storage.Store()
+    for call in (lambda: store.stat("c", "a"), lambda: store.open("c", "a"),
+                 lambda: store.list("c"), lambda: store.local_path("c", "a"),
+                 lambda: store.check_collection("c")):
+        with pytest.raises(NotImplementedError):
+            call()
+
+
+# ---------------------------------------------------------------------------- thumbnails through it
+
+def test_thumbnail_of_renders_into_the_store_and_is_then_fresh(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    _save(store, "a b.png", samples.png(), coll="C")
+    renderer = FakeRenderer()
+    engine = fake_thumbnailer(renderer)
+    assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
+    assert store.list("C", storage.THUMBNAIL) == ["a b_64.png"]
+    with store.open("C", "a b_64.png", storage.THUMBNAIL) as handle:
+        assert handle.read() == samples.png()
+    assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
+    assert len(renderer.calls) == 1
+    with pytest.raises(MissingFile):
+        engine.thumbnail_of(store, "C", "gone.png", 64)
+    with pytest.raises(UnknownCollection):
+        engine.thumbnail_of(store, "Nope", "a b.png", 64)
+
+
+def test_prepare_and_problem(tmp_path):
+    store = FileStore(str(tmp_path / "store"))
+    assert store.problem() == "BASE_DIR does not exist or is not a directory"  # never created
+    assert not (tmp_path / "store").exists()
+    store.prepare()
+    assert store.problem() is None and os.listdir(str(tmp_path / "store")) == []
+    if os.geteuid() != 0:  # root writes anywhere
+        os.chmod(str(tmp_path / "store"), 0o500)
+        try:
+            assert store.problem().startswith("cannot create a file in BASE_DIR")
+        finally:
+            os.chmod(str(tmp_path / "store"), 0o700)
+
+
+def test_describe_areas_and_free_space(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"KU Fish": "fish", "KUFishtissue": "fish",
+                                                      "Birds": "birds"})
+    assert [area.colls for area in store.areas()] == [("Birds",), ("KU Fish", "KUFishtissue")]
+    assert store.areas("KUFishtissue") == store.areas("KU Fish")
+    with pytest.raises(UnknownCollection):
+        store.areas("Unknown")
+    rows = store.describe()
+    assert rows[0] == ("ok", "BASE_DIR %s is writable" % tmp_path)
+    assert ("ok", "%s (Birds) not created yet (made on first use)"
+            % (tmp_path / "birds" / "originals")) in rows
+    assert len(rows) == 5
+    free, total = store.free_space()
+    assert 0 <= free <= total
+    missing = FileStore(str(tmp_path / "gone"))
+    assert missing.describe() == [
+        ("FAIL", "BASE_DIR %s: BASE_DIR does not exist or is not a directory" % missing.base_dir)]
+
+
+# ---------------------------------------------------------------------------- no paths in handlers
+
+def test_handlers_serve_a_store_without_local_paths(tmp_path):
+    store = MemoryStore(colls={COLL})
+    app = create_app(make_settings(tmp_path / "unused"), store=store)
+    photo = with_exif(b"\xff\xd8\xff\xd9", tiff_block([], [(0x9003, ASCII, DATE)]))
+    assert upload(app, "a b.jpg", photo).body == b"Ok."
+    assert store.list(COLL) == ["a b.jpg"]
+    query = {"type": "O", "coll": COLL, "filename": "a b.jpg"}
+    whole = call(app, "GET", "/fileget", query)
+    assert whole.status == 200 and whole.body == photo
+    assert whole.header("ETag") == store.stat(COLL, "a b.jpg").etag
+    assert call(app, "GET", "/fileget", query,
+                headers={"If-None-Match": whole.header("ETag")}).status == 304
+    part = call(app, "GET", "/fileget", query, headers={"Range": "bytes=0-1"})
+    assert (part.status, part.body) == (206, b"\xff\xd8")
+    date = call(app, "GET", "/getmetadata", {"coll": COLL, "filename": "a b.jpg", "dt": "date"})
+    assert date.body == DATE.encode()
+    ref = call(app, "GET", "/getfileref", {"type": "O", "coll": COLL, "filename": "a b.jpg"})
+    static = unquote(ref.body.decode().split("/static/", 1)[1])  # as a server decodes it
+    assert call(app, "GET", "/static/" + static).body == photo
+    assert call(app, "GET", "/fileget", dict(query, coll="Nope")).status == 404
+    body = "filename=a+b.jpg&coll=%s&token=%s" % (COLL.replace(" ", "+"), token("a b.jpg"))
+    deleted = call(app, "POST", "/filedelete", body=body.encode(),
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert deleted.status == 200 and store.files == {}
+    assert call(app, "GET", "/fileget", query).status == 404
+    assert call(app, "GET", "/readyz").status in (200, 503)  # converters may be missing here
+    assert not (tmp_path / "unused").exists()  # nothing went to BASE_DIR

@@ -10,7 +10,6 @@ import stat
 import sys
 import threading
 import time
-from typing import NamedTuple
 
 from . import logutil, storage, thumbnails
 from .exitcodes import EXIT_ATTENTION, EXIT_OK
@@ -25,35 +24,12 @@ DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
 MAX_LISTED_FAILURES = 20
 
 
-class Area(NamedTuple):
-    """One collection directory of the store: where its originals and thumbnails are."""
-
-    label: str  # its directory under BASE_DIR; '.' when COLLECTION_DIRS is None
-    colls: tuple  # the collections kept there
-    originals: str
-    thumbnails: str
+Area = storage.Area
 
 
 def areas(store, coll=None):
-    """Return the store's collection directories, or only `coll`'s; UnknownCollection.
-
-    Collections that share a directory share one Area.
-    """
-    if store.collection_dirs is None:
-        # COMPAT: without COLLECTION_DIRS every collection is the one store.
-        return [Area(".", (), store.originals_dir(None), store.thumbnails_dir(None))]
-    wanted = store.originals_dir(coll) if coll is not None else None
-    by_dir = {}
-    for name, directory in store.collection_dirs.items():
-        by_dir.setdefault(directory, []).append(name)
-    found = []
-    for directory, colls in sorted(by_dir.items()):
-        first = sorted(colls)[0]
-        area = Area(directory, tuple(sorted(colls)), store.originals_dir(first),
-                    store.thumbnails_dir(first))
-        if wanted is None or area.originals == wanted:
-            found.append(area)
-    return found
+    """Return the store's collection directories, or only `coll`'s; UnknownCollection."""
+    return store.areas(coll)
 
 
 class _Owners:
@@ -122,8 +98,12 @@ class Report:
 
     def add(self, status, what, path, detail=""):
         """Record one finding, e.g. ('removed', 'orphan thumbnail', path, '12 KiB')."""
+        self.add_stored(status, what, os.path.relpath(path, self.base_dir), detail)
+
+    def add_stored(self, status, what, name, detail=""):
+        """Record one finding about a file named relative to the store ('c/originals/a.jpg')."""
         self.counts[status] = self.counts.get(status, 0) + 1
-        shown = logutil.escape(os.path.relpath(path, self.base_dir))
+        shown = logutil.escape(name)
         self._lines.append("%-12s %-24s %s%s\n" % (status, what, shown,
                                                    "  (%s)" % detail if detail else ""))
 
@@ -169,9 +149,10 @@ def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, 
     """
     scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
                                             settings.THUMBNAIL_SIZES) for size in sizes})
-    work = [(area, entry.name, scale) for area in areas(store, coll)
-            for entry in _entries(area.originals)
-            if _unsafe(entry.name) is None and entry.is_file() for scale in scales]
+    # One collection stands for each directory (None: COLLECTION_DIRS is None, any will do).
+    colls = [area.colls[0] if area.colls else None for area in areas(store, coll)]
+    work = [(one_coll, name, scale) for one_coll in colls for name in store.list(one_coll)
+            if _unsafe(name) is None for scale in scales]
     # More threads than the engine's converter slots would only wait for a slot.
     jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
     report = Report(store.base_dir, out)
@@ -182,10 +163,7 @@ def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, 
     bar = Progress("pregen", len(work), enabled=not quiet)
 
     def one(item):
-        area, name, scale = item
-        source = os.path.join(area.originals, name)
-        target = os.path.join(area.thumbnails, thumbnails.thumbnail_name(name, scale))
-        outcome = _pregen_one(thumbnailer, source, target, scale, report, lock)
+        outcome = _pregen_one(store, thumbnailer, item, report, lock)
         with lock:
             tally[outcome] += 1
         bar.update()
@@ -199,20 +177,24 @@ def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, 
     return EXIT_ATTENTION if tally["failed"] else EXIT_OK
 
 
-def _pregen_one(thumbnailer, source, target, scale, report, lock):
+def _pregen_one(store, thumbnailer, item, report, lock):
+    coll, name, scale = item
+    thumb_name = thumbnails.thumbnail_name(name, scale)
     try:
-        if os.stat(target).st_mtime_ns >= os.stat(source).st_mtime_ns:
+        if (store.stat(coll, thumb_name, storage.THUMBNAIL).mtime_ns
+                >= store.stat(coll, name).mtime_ns):
             return "present"
-    except OSError:
+    except (storage.MissingFile, OSError):
         pass  # no thumbnail yet (or the original just went away: the engine says which)
     try:
-        thumbnailer.thumbnail(source, target, scale)
+        thumbnailer.thumbnail_of(store, coll, name, scale)
     except thumbnails.NotThumbnailable:
         return "not an image"
-    except (thumbnails.ThumbnailError, OSError) as ex:
+    except (thumbnails.ThumbnailError, storage.StorageError, OSError) as ex:
         with lock:
             if report.count("FAILED") < MAX_LISTED_FAILURES:
-                report.add("FAILED", "thumbnail at %d" % scale, source, str(ex))
+                report.add_stored("FAILED", "thumbnail at %d" % scale,
+                                  store.static_name(coll, name), str(ex))
             else:
                 report.counts["FAILED"] += 1
         return "failed"

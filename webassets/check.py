@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from . import __version__, admin, health, samples, thumbnails
+from . import __version__, admin, samples, thumbnails
 from .exitcodes import EXIT_ATTENTION, EXIT_OK
 
 __all__ = ["run_check", "Screen", "MIN_KEY_LENGTH"]
@@ -93,43 +93,25 @@ def _settings_section(screen, settings):
 
 def _store_section(screen, settings, store):
     screen.section("Store")
-    problem = health.store_problem(settings.BASE_DIR)
-    if problem:
-        screen.item("FAIL", "BASE_DIR %s: %s" % (settings.BASE_DIR, problem))
-        return
-    screen.item("ok", "BASE_DIR %s is writable" % settings.BASE_DIR)
-    for area in admin.areas(store):
-        names = " (%s)" % ", ".join(area.colls) if area.colls else ""
-        for directory in (area.originals, area.thumbnails):
-            _directory_item(screen, directory, names)
-    _free_space(screen, settings.BASE_DIR)
+    rows = store.describe()
+    for status, line in rows:
+        screen.item(status, line)
+    if rows and rows[0][0] == "FAIL":
+        return  # the first row is the store itself: unusable, free space would not help
+    space = store.free_space()
+    if space is not None:
+        _free_space(screen, *space)
 
 
-def _directory_item(screen, directory, names):
-    if os.path.isdir(directory):
-        writable = os.access(directory, os.W_OK | os.X_OK)
-        screen.item("ok" if writable else "FAIL", "%s%s %s" % (
-            directory, names, "is writable" if writable else "is NOT writable by this user"))
-        return
-    parent = directory
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    creatable = os.access(parent, os.W_OK | os.X_OK)
-    screen.item("ok" if creatable else "FAIL", "%s%s %s" % (
-        directory, names, "not created yet (made on first use)" if creatable
-        else "is missing and %s is not writable" % parent))
-
-
-def _free_space(screen, base_dir):
-    usage = shutil.disk_usage(base_dir)
-    fraction = usage.free / float(usage.total or 1)
+def _free_space(screen, free, total):
+    fraction = free / float(total or 1)
     status = "ok"
-    if fraction < FAIL_FREE_FRACTION or usage.free < FAIL_FREE_BYTES:
+    if fraction < FAIL_FREE_FRACTION or free < FAIL_FREE_BYTES:
         status = "FAIL"
     elif fraction < WARN_FREE_FRACTION:
         status = "warn"
     screen.item(status, "free space: %s of %s (%.0f%%)" % (
-        admin.human_size(usage.free), admin.human_size(usage.total), 100 * fraction))
+        admin.human_size(free), admin.human_size(total), 100 * fraction))
 
 
 def _version(argv):

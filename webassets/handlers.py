@@ -35,17 +35,13 @@ def testkey(app, request):
 
 
 def _thumbnail(app, coll, name, scale_value):
-    """Make (or find) the thumbnail of an original; return (path, content type).
+    """Make (or find) the thumbnail of an original; return (thumbnail name, content type).
 
     Raises BadScale, MissingFile, NotThumbnailable, ThumbnailError, Busy.
     """
     settings = app.settings
     scale = thumbnails.parse_scale(scale_value, settings.MAX_SCALE, settings.THUMBNAIL_SIZES)
-    source = app.store.original_path(coll, name)
-    app.store.stat_original(coll, name)  # 404 before any conversion work
-    target = app.store.thumbnail_path(coll, thumbnails.thumbnail_name(name, scale))
-    content_type = app.thumbnailer.thumbnail(source, target, scale)
-    return target, content_type
+    return app.thumbnailer.thumbnail_of(app.store, coll, name, scale)
 
 
 def fileget(app, request):
@@ -58,10 +54,10 @@ def fileget(app, request):
     coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
     # COMPAT: any type other than T means the original; a missing type too (the reference 500s).
     if query.get("type") == "T":
-        path, content_type = _thumbnail(app, coll, name, query.get("scale"))
-        return file_response(request, app.store.open_path(path), content_type,
-                             offload=app.offload)
-    handle = app.store.open_original(coll, name)
+        thumb_name, content_type = _thumbnail(app, coll, name, query.get("scale"))
+        return file_response(request, app.store.open(coll, thumb_name, storage.THUMBNAIL),
+                             content_type, offload=app.offload)
+    handle = app.store.open(coll, name)
     disposition = content_disposition(query.get("downloadname"))
     headers = [("Content-Disposition", disposition)] if disposition else []
     return file_response(request, handle, guess_type(name), headers, offload=app.offload)
@@ -125,7 +121,7 @@ class _Upload:
         self.app.authorize(self.request, self.request.route, self.fields)
         if not self.is_thumbnail:
             storage.check_name(self.fields.get("store", ""), "store")
-            self.app.store.originals_dir(self.fields.get("coll"))  # unknown collection -> 404
+            self.app.store.check_collection(self.fields.get("coll"))  # unknown -> 404
         self._judged = judged
 
     def receive(self, part):
@@ -174,14 +170,14 @@ def getmetadata(app, request):
     """Serve EXIF as Specify 6's JSON, or DateTimeOriginal with dt=date (404 if none)."""
     query = request.query
     coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
-    app.store.stat_original(coll, name)
-    path = app.store.original_path(coll, name)
-    if query.get("dt") == "date":
-        date = app.metadata.date_original(path)
-        if date is None:
-            raise errors.NotFound("No DateTimeOriginal in this file.")
-        return Response(date.encode("utf-8"))
-    body = json.dumps(app.metadata.read_exif(path), indent=4, ensure_ascii=False)
+    with app.store.local_copy(coll, name) as path:  # MissingFile -> 404
+        if query.get("dt") == "date":
+            date = app.metadata.date_original(path)
+            if date is None:
+                raise errors.NotFound("No DateTimeOriginal in this file.")
+            return Response(date.encode("utf-8"))
+        exif = app.metadata.read_exif(path)
+    body = json.dumps(exif, indent=4, ensure_ascii=False)
     return Response(body.encode("utf-8"), content_type="application/json")
 
 
@@ -200,20 +196,20 @@ def getfileref(app, request):
     query = request.query
     coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
     if query.get("type") == "T":
-        path = _thumbnail(app, coll, name, query.get("scale"))[0]
+        static_name = app.store.static_name(coll, _thumbnail(app, coll, name, query.get("scale"))[0],
+                                            storage.THUMBNAIL)
     else:
-        path = app.store.original_path(coll, name)
+        static_name = app.store.static_name(coll, name)
     settings = app.settings
     url = "http://%s:%d/static/%s" % (settings.HOST, settings.PORT,
-                                      pathname2url(app.store.relative(path)).lstrip("/"))
+                                      pathname2url(static_name).lstrip("/"))
     return Response(url.encode("utf-8"), content_type=TEXT_PLAIN)
 
 
 def static(app, request, path):
     """Serve a file under BASE_DIR for the legacy portal (no token)."""
     _require_static_access(app)
-    full = app.store.static_path(path)
-    return file_response(request, app.store.open_path(full), guess_type(full),
+    return file_response(request, app.store.open_static(path), guess_type(path),
                          offload=app.offload)
 
 

@@ -346,26 +346,26 @@ class Offload(NamedTuple):
 
 
 def file_response(request, handle, content_type, headers=(), offload=None):
-    """Serve an open binary file: ETag/Last-Modified/304, Range (206/416), HEAD.
+    """Serve an open stored file: ETag/Last-Modified/304, Range (206/416), HEAD.
 
-    Takes ownership of `handle` (it is closed when the response is done).
+    `handle` is a storage.StoredFile (read/seek/close plus size, mtime, etag and
+    local_path); the response takes ownership of it (it is closed when done).
     The full file goes out through wsgi.file_wrapper, zero-copy where the
-    host offers it. With an `offload` (Offload), the answer is an empty 200
-    naming the file to the front server, which then does the conditionals,
-    Range and the sending itself, so a slow reader holds no thread of ours.
+    host offers it. With an `offload` (Offload) and a file on this machine,
+    the answer is an empty 200 naming the file to the front server, which then
+    does the conditionals, Range and the sending itself, so a slow reader holds
+    no thread of ours.
     """
-    if offload is not None:
-        header = offload.header(handle.name)
+    if offload is not None and handle.local_path is not None:
+        header = offload.header(handle.local_path)
         if header is not None:
             handle.close()
             return Response(b"", 200, content_type, [header] + list(headers))
-    stat = os.fstat(handle.fileno())
-    size = stat.st_size
-    etag = '"%x-%x"' % (stat.st_mtime_ns, size)
+    size, mtime, etag = handle.size, handle.mtime, handle.etag
     # The 304 too: a browser merges its headers into the cached 200's.
-    common = [("Last-Modified", http_date(stat.st_mtime)), ("ETag", etag),
+    common = [("Last-Modified", http_date(mtime)), ("ETag", etag),
               ("Accept-Ranges", "bytes")] + list(headers) + security_headers(content_type)
-    if _not_modified(request, etag, stat.st_mtime):
+    if _not_modified(request, etag, mtime):
         handle.close()
         return Response(status=304, content_type=None, body=[], headers=common)
     byte_range = None

@@ -1,16 +1,24 @@
 """Storage of originals and thumbnails on the local filesystem, behind a small interface."""
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat
 import tempfile
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile",
-           "check_name", "FileStore", "TEMP_PREFIXES"]
+           "check_name", "FileInfo", "StoredFile", "open_local", "Store", "FileStore",
+           "ORIGINAL", "THUMBNAIL", "TEMP_PREFIXES"]
+
+# The two kinds of stored file: a store keys every file by (collection, kind, name).
+ORIGINAL = "original"
+THUMBNAIL = "thumbnail"
+KINDS = (ORIGINAL, THUMBNAIL)
 
 MAX_NAME_BYTES = 255
 # Temporary files start with '.', which check_name refuses, so a client name
@@ -72,6 +80,108 @@ def check_name(name, what="filename"):
     return name
 
 
+class FileInfo(NamedTuple):
+    """What the HTTP layer needs to know of a stored file: size, modification time, ETag."""
+
+    size: int
+    mtime_ns: int
+
+    @property
+    def mtime(self):
+        """Return the modification time in seconds (a float, as os.stat's st_mtime)."""
+        seconds, nanoseconds = divmod(self.mtime_ns, 10 ** 9)
+        return seconds + nanoseconds * 1e-9
+
+    @property
+    def etag(self):
+        """Return the strong ETag: the same size and mtime give the same tag."""
+        return '"%x-%x"' % (self.mtime_ns, self.size)
+
+    @classmethod
+    def from_stat(cls, info):
+        """Return the FileInfo of an os.stat_result."""
+        return cls(info.st_size, info.st_mtime_ns)
+
+
+class StoredFile:
+    """A stored file open for binary reading, with its FileInfo.
+
+    `local_path` is the file's own path when it lives on this machine (so a front
+    server may send it: FILE_OFFLOAD), else None. fileno() and tell() reach the
+    descriptor, so the built-in server can sendfile(2) it.
+    """
+
+    mode = "rb"
+
+    def __init__(self, handle, info, local_path=None):
+        self.file = handle
+        self.info = info
+        self.local_path = local_path
+
+    size = property(lambda self: self.info.size)
+    mtime = property(lambda self: self.info.mtime)
+    etag = property(lambda self: self.info.etag)
+
+    def read(self, size=-1):
+        """Read up to `size` bytes (all with -1)."""
+        return self.file.read(size)
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        """Move the read position; return the new one."""
+        return self.file.seek(offset, whence)
+
+    def tell(self):
+        """Return the read position."""
+        return self.file.tell()
+
+    def fileno(self):
+        """Return the descriptor (io.UnsupportedOperation where there is none)."""
+        return self.file.fileno()
+
+    def close(self):
+        """Close the file."""
+        self.file.close()
+
+    @property
+    def closed(self):
+        """Return whether the file is closed."""
+        return self.file.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def open_local(path):
+    """Open a local regular file as a StoredFile; MissingFile if absent or not a file."""
+    try:
+        handle = open(path, "rb")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise MissingFile("File does not exist.") from None
+    info = os.fstat(handle.fileno())  # the file opened, not the path
+    if not stat.S_ISREG(info.st_mode):
+        handle.close()
+        raise MissingFile("File does not exist.")
+    return StoredFile(handle, FileInfo.from_stat(info), os.path.abspath(path))
+
+
+def _directory_row(directory, names):
+    """Return (status, line): can this user write into `directory`, or create it?"""
+    if os.path.isdir(directory):
+        writable = os.access(directory, os.W_OK | os.X_OK)
+        return ("ok" if writable else "FAIL", "%s%s %s" % (
+            directory, names, "is writable" if writable else "is NOT writable by this user"))
+    parent = directory
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    creatable = os.access(parent, os.W_OK | os.X_OK)
+    return ("ok" if creatable else "FAIL", "%s%s %s" % (
+        directory, names, "not created yet (made on first use)" if creatable
+        else "is missing and %s is not writable" % parent))
+
+
 def _fsync_dir(path):
     """Flush a directory entry so a rename survives a crash (best effort)."""
     try:
@@ -84,6 +194,15 @@ def _fsync_dir(path):
         pass  # NOTE: some filesystems refuse fsync on directories; the rename still happened.
     finally:
         os.close(fd)
+
+
+class Area(NamedTuple):
+    """One collection directory of a FileStore: where its originals and thumbnails are."""
+
+    label: str  # its directory under BASE_DIR; '.' when COLLECTION_DIRS is None
+    colls: tuple  # the collections kept there
+    originals: str
+    thumbnails: str
 
 
 class StagedFile:
@@ -145,7 +264,86 @@ class StagedFile:
         self.discard()
 
 
-class FileStore:
+class Store:
+    """The store's interface: files keyed by (collection, name), originals and thumbnails.
+
+    Handlers talk only to this; no path crosses it except local_copy() (for the
+    converters and ExifRead) and local_path() (for FILE_OFFLOAD). Every method
+    raises UnknownCollection for an unknown collection, UnsafeName for an unsafe
+    name and MissingFile for an absent file; OSError for I/O failures.
+    """
+
+    def prepare(self):
+        """Create what the store needs before its first request; OSError if it cannot."""
+        raise NotImplementedError
+
+    def problem(self):
+        """Return why the store cannot take a new file now (one line), or None if it can."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Return [(status, line)] for `webassets check`: status is 'ok', 'warn' or 'FAIL'.
+
+        The first row is the store as a whole; a 'FAIL' there ends the list.
+        """
+        raise NotImplementedError
+
+    def free_space(self):
+        """Return (free bytes, total bytes) where new files go, or None if unknown."""
+        raise NotImplementedError
+
+    def check_collection(self, coll):
+        """Return None if `coll` is a known collection; UnknownCollection otherwise."""
+        raise NotImplementedError
+
+    def stat(self, coll, name, kind=ORIGINAL):
+        """Return the FileInfo of a stored file; MissingFile if there is none."""
+        raise NotImplementedError
+
+    def open(self, coll, name, kind=ORIGINAL):
+        """Open a stored file for reading: a StoredFile; MissingFile if there is none."""
+        raise NotImplementedError
+
+    def stage(self, coll=None, known_coll=False):
+        """Start receiving an upload: an object with write(data), size and discard()."""
+        raise NotImplementedError
+
+    def save_original(self, coll, name, staged):
+        """Publish a staged upload as the original `name` atomically, replacing any other."""
+        raise NotImplementedError
+
+    def delete_original(self, coll, name, is_own_thumbnail):
+        """Delete an original and the thumbnails `is_own_thumbnail(thumb_name)` selects.
+
+        Return the names of the removed thumbnails; MissingFile if there is no such original.
+        """
+        raise NotImplementedError
+
+    def list(self, coll, kind=ORIGINAL):
+        """Return the sorted names of `coll`'s stored files of `kind` (no temporary files)."""
+        raise NotImplementedError
+
+    def local_copy(self, coll, name, kind=ORIGINAL):
+        """Return a context manager yielding a local path holding the file's bytes.
+
+        The path is valid inside the `with` only; MissingFile if there is no such file.
+        """
+        raise NotImplementedError
+
+    def local_path(self, coll, name, kind=ORIGINAL):
+        """Return the file's own local path (it may not exist), or None for a remote store."""
+        raise NotImplementedError
+
+    def static_name(self, coll, name, kind=ORIGINAL):
+        """Return the '/'-separated name under /static that serves this file."""
+        raise NotImplementedError
+
+    def open_static(self, relpath):
+        """Open the file a /static/<relpath> names; UnsafeName if it could leave the store."""
+        raise NotImplementedError
+
+
+class FileStore(Store):
     """Originals and thumbnails under BASE_DIR, one directory pair per collection dir.
 
     The layout is the reference's: BASE_DIR/[COLLECTION_DIRS[coll]/]originals/<name>
@@ -187,28 +385,108 @@ class FileStore:
         """Return `path` relative to BASE_DIR, with '/' separators (for /static URLs)."""
         return os.path.relpath(path, self.base_dir).replace(os.sep, "/")
 
-    def stat_original(self, coll, name):
-        """Return os.stat of an original; MissingFile if there is none."""
+    def _path(self, coll, name, kind):
+        if kind == ORIGINAL:
+            return self.original_path(coll, name)
+        if kind == THUMBNAIL:
+            return self.thumbnail_path(coll, name)
+        raise ValueError("unknown kind of file: %r" % (kind,))
+
+    def prepare(self):
+        """Create BASE_DIR if it is missing; OSError if it cannot be."""
+        os.makedirs(self.base_dir, exist_ok=True)
+
+    def problem(self):
+        """Return why a file cannot be created in BASE_DIR, or None if it can.
+
+        Nothing is created if BASE_DIR is missing: an unmounted volume must not look ready.
+        """
+        if not os.path.isdir(self.base_dir):
+            return "BASE_DIR does not exist or is not a directory"
         try:
-            return os.stat(self.original_path(coll, name))
+            # The upload prefix: if we die before the unlink, fsck removes the leftover.
+            fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX,
+                                        dir=self.base_dir)
+        except OSError as ex:
+            return "cannot create a file in BASE_DIR: %s" % (ex.strerror or ex)
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError as ex:
+            return "cannot remove a file from BASE_DIR: %s" % (ex.strerror or ex)
+        return None
+
+    def describe(self):
+        """Return [(status, line)]: BASE_DIR writable, then each collection directory."""
+        problem = self.problem()
+        if problem:
+            return [("FAIL", "BASE_DIR %s: %s" % (self.base_dir, problem))]
+        rows = [("ok", "BASE_DIR %s is writable" % self.base_dir)]
+        for area in self.areas():
+            names = " (%s)" % ", ".join(area.colls) if area.colls else ""
+            rows.extend(_directory_row(directory, names)
+                        for directory in (area.originals, area.thumbnails))
+        return rows
+
+    def free_space(self):
+        """Return (free bytes, total bytes) of BASE_DIR's filesystem."""
+        usage = shutil.disk_usage(self.base_dir)
+        return usage.free, usage.total
+
+    def areas(self, coll=None):
+        """Return the collection directories (Area), or only `coll`'s; UnknownCollection.
+
+        Collections that share a directory share one Area.
+        """
+        if self.collection_dirs is None:
+            # COMPAT: without COLLECTION_DIRS every collection is the one store.
+            return [Area(".", (), self.originals_dir(None), self.thumbnails_dir(None))]
+        wanted = self.originals_dir(coll) if coll is not None else None
+        by_dir = {}
+        for name, directory in self.collection_dirs.items():
+            by_dir.setdefault(directory, []).append(name)
+        found = []
+        for directory, colls in sorted(by_dir.items()):
+            first = sorted(colls)[0]
+            area = Area(directory, tuple(sorted(colls)), self.originals_dir(first),
+                        self.thumbnails_dir(first))
+            if wanted is None or area.originals == wanted:
+                found.append(area)
+        return found
+
+    def check_collection(self, coll):
+        """Return None if `coll` is a known collection; UnknownCollection otherwise."""
+        self._collection_root(coll)
+
+    def stat(self, coll, name, kind=ORIGINAL):
+        """Return the FileInfo of a stored file; MissingFile if there is none."""
+        try:
+            return FileInfo.from_stat(os.stat(self._path(coll, name, kind)))
         except (FileNotFoundError, NotADirectoryError):
             raise MissingFile("File does not exist.") from None
 
-    def open_original(self, coll, name):
-        """Open an original for binary reading; MissingFile if there is none."""
-        return self.open_path(self.original_path(coll, name))
+    def open(self, coll, name, kind=ORIGINAL):
+        """Open a stored file for reading: a StoredFile; MissingFile if there is none."""
+        return open_local(self._path(coll, name, kind))
 
-    @staticmethod
-    def open_path(path):
-        """Open a stored regular file for reading; MissingFile if absent or not a file."""
-        try:
-            handle = open(path, "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise MissingFile("File does not exist.") from None
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # the file opened, not the path
-            handle.close()
-            raise MissingFile("File does not exist.")
-        return handle
+    @contextlib.contextmanager
+    def local_copy(self, coll, name, kind=ORIGINAL):
+        """Yield the file's own path: it is already local. MissingFile if there is none."""
+        path = self._path(coll, name, kind)
+        self.stat(coll, name, kind)
+        yield path
+
+    def local_path(self, coll, name, kind=ORIGINAL):
+        """Return the file's own path (it may not exist)."""
+        return self._path(coll, name, kind)
+
+    def static_name(self, coll, name, kind=ORIGINAL):
+        """Return the file's path relative to BASE_DIR, '/'-separated (for /static URLs)."""
+        return self.relative(self._path(coll, name, kind))
+
+    def open_static(self, relpath):
+        """Open the file a /static/<relpath> names; UnsafeName, MissingFile."""
+        return open_local(self.static_path(relpath))
 
     def stage(self, coll=None, known_coll=False):
         """Start an upload: a StagedFile in the target directory when it is known.
@@ -255,13 +533,21 @@ class FileStore:
         except FileNotFoundError:
             return []
 
+    def list(self, coll, kind=ORIGINAL):
+        """Return the sorted names of `coll`'s files of `kind` (temporary files excluded)."""
+        if kind == ORIGINAL:
+            return self._list(self.originals_dir(coll))
+        if kind == THUMBNAIL:
+            return self._list(self.thumbnails_dir(coll))
+        raise ValueError("unknown kind of file: %r" % (kind,))
+
     def list_originals(self, coll):
         """Return the names of `coll`'s originals (temporary files excluded)."""
-        return self._list(self.originals_dir(coll))
+        return self.list(coll, ORIGINAL)
 
     def list_thumbnails(self, coll):
         """Return the names of `coll`'s thumbnails (temporary files excluded)."""
-        return self._list(self.thumbnails_dir(coll))
+        return self.list(coll, THUMBNAIL)
 
     def static_path(self, relpath):
         """Resolve a /static/<relpath> under BASE_DIR; UnsafeName if it could leave it."""

@@ -22,7 +22,7 @@ except ImportError:  # not POSIX: single flight holds within one process only
     fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
-from .storage import RENDER_PREFIX, TEMP_SUFFIX
+from .storage import RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
@@ -376,6 +376,20 @@ class Thumbnailer:
         self._average_seconds = 1.0
 
     # -- public API
+
+    def thumbnail_of(self, store, coll: Optional[str], name: str, scale: int) -> Tuple[str, str]:
+        """Ensure `store` holds the thumbnail of original `name` at `scale`.
+
+        Return (thumbnail name, content type); the thumbnail is then store.open()-able as a
+        storage.THUMBNAIL. Raise MissingFile (no original), UnknownCollection, UnsafeName and
+        whatever thumbnail() raises. The source is the store's local_copy(); the thumbnail is
+        rendered onto the store's local_path() for it (a store without local paths needs a
+        publishing step here: issue 10, part 2).
+        """
+        thumb_name = thumbnail_name(name, scale)
+        target = store.local_path(coll, thumb_name, THUMBNAIL)
+        with store.local_copy(coll, name) as source:
+            return thumb_name, self.thumbnail(source, target, scale)
 
     def thumbnail(self, source_path: str, target_path: str, scale: int) -> str:
         """Ensure `target_path` holds a thumbnail of `source_path`; return its content type.

@@ -44,9 +44,9 @@ def _app_for(settings_path):
         if app is None:
             from .app import create_app
 
-            settings = config.load(settings_path or None)
-            os.makedirs(settings.BASE_DIR, exist_ok=True)
-            app = _apps[settings_path] = create_app(settings)
+            app = create_app(config.load(settings_path or None))
+            app.store.prepare()
+            _apps[settings_path] = app
             logger.info("webassets loaded settings from %s", settings_path or "the environment")
         return app
 
