@@ -190,6 +190,16 @@ class MemoryStore(storage.Store):
         self.files[self._key(coll, name, storage.ORIGINAL)] = (staged.getvalue(),
                                                                int(time.time() * 1e9))
 
+    def save_thumbnail(self, coll, name, local_file):
+        with open(local_file, "rb") as rendered:
+            data = rendered.read()
+        mtime_ns = max(os.stat(local_file).st_mtime_ns, int(time.time() * 1e9))
+        self.files[self._key(coll, name, storage.THUMBNAIL)] = (data, mtime_ns)
+
+    def delete_thumbnail(self, coll, name):
+        self._get(coll, name, storage.THUMBNAIL)
+        del self.files[self._key(coll, name, storage.THUMBNAIL)]
+
     def delete_original(self, coll, name, is_own_thumbnail):
         self._get(coll, name, storage.ORIGINAL)
         del self.files[self._key(coll, name, storage.ORIGINAL)]

@@ -1,6 +1,7 @@
 """Every response says how a browser may run it: nosniff, and a CSP sandbox where script could hide."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -181,13 +182,15 @@ def test_static_serves_under_the_same_policy(app):
 class PNGThumbnailer:
     """A thumbnail engine that writes the PNG sample: type=T is always an image we made."""
 
-    thumbnail_of = thumbnails.Thumbnailer.thumbnail_of  # the store side as the real engine's
-
-    def thumbnail(self, source, target, scale):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as handle:
-            handle.write(samples.png())
-        return "image/png"
+    def thumbnail_of(self, store, coll, name, scale):
+        store.stat(coll, name)  # MissingFile as the real engine
+        thumb_name = thumbnails.thumbnail_name(name, scale)
+        with tempfile.TemporaryDirectory() as scratch:
+            rendered = os.path.join(scratch, "thumbnail")
+            with open(rendered, "wb") as handle:
+                handle.write(samples.png())
+            store.save_thumbnail(coll, thumb_name, rendered)
+        return thumb_name, "image/png"
 
 
 @pytest.mark.parametrize("name", ["page.html", "scan.pdf", "photo.jpg"])

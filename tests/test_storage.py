@@ -2,6 +2,9 @@
 
 import errno
 import os
+import tempfile
+import threading
+import time
 from urllib.parse import unquote
 
 import pytest
@@ -259,6 +262,7 @@ def test_thumbnail_of_renders_into_the_store_and_is_then_fresh(tmp_path):
     engine = fake_thumbnailer(renderer)
     assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
     assert store.list("C", storage.THUMBNAIL) == ["a b_64.png"]
+    assert os.listdir(store.thumbnails_dir("C")) == ["a b_64.png"]  # the scratch dir is gone
     with store.open("C", "a b_64.png", storage.THUMBNAIL) as handle:
         assert handle.read() == samples.png()
     assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
@@ -267,6 +271,69 @@ def test_thumbnail_of_renders_into_the_store_and_is_then_fresh(tmp_path):
         engine.thumbnail_of(store, "C", "gone.png", 64)
     with pytest.raises(UnknownCollection):
         engine.thumbnail_of(store, "Nope", "a b.png", 64)
+
+
+def test_thumbnail_of_makes_one_conversion_for_concurrent_requests(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    _save(store, "a.png", samples.png(), coll="C")
+    gate = threading.Event()
+    renderer = FakeRenderer(gate=gate)
+    engine = fake_thumbnailer(renderer, lock_dir=str(tmp_path / ".locks"))
+    results, errors = [], []
+
+    def request():
+        try:
+            results.append(engine.thumbnail_of(store, "C", "a.png", 64))
+        except Exception as ex:  # collected and asserted below
+            errors.append(ex)
+
+    threads = [threading.Thread(target=request) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    assert renderer.first.wait(10)
+    time.sleep(0.05)  # let the other 31 reach the flight
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert errors == [] and results == [("a_64.png", "image/png")] * 32
+    assert len(renderer.calls) == 1
+    assert os.listdir(store.thumbnails_dir("C")) == ["a_64.png"]
+
+
+def test_save_thumbnail_renames_into_place(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
+    rendered = tmp_path / "rendered"
+    rendered.write_bytes(b"thumb")
+    os.utime(str(rendered), ns=(5 * 10 ** 18, 5 * 10 ** 18))  # dated after its original
+    store.save_thumbnail("C", "a_64.png", str(rendered))
+    assert not rendered.exists()
+    assert store.stat("C", "a_64.png", storage.THUMBNAIL) == storage.FileInfo(5, 5 * 10 ** 18)
+    store.delete_thumbnail("C", "a_64.png")
+    assert store.list("C", storage.THUMBNAIL) == []
+    with pytest.raises(MissingFile):
+        store.delete_thumbnail("C", "a_64.png")
+    with pytest.raises(UnsafeName):
+        store.save_thumbnail("C", "../a_64.png", str(rendered))
+
+
+def test_save_thumbnail_across_filesystems_copies_and_keeps_the_date(tmp_path, monkeypatch):
+    store = FileStore(str(tmp_path / "store"))
+    rendered = tmp_path / "rendered"
+    rendered.write_bytes(b"thumb")
+    os.utime(str(rendered), ns=(5 * 10 ** 18, 5 * 10 ** 18))
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 1:
+            raise OSError(errno.EXDEV, "cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", replace)
+    store.save_thumbnail(None, "a_64.png", str(rendered))
+    assert store.stat(None, "a_64.png", storage.THUMBNAIL) == storage.FileInfo(5, 5 * 10 ** 18)
+    assert os.listdir(store.thumbnails_dir(None)) == ["a_64.png"]
 
 
 def test_prepare_and_problem(tmp_path):
@@ -331,3 +398,30 @@ def test_handlers_serve_a_store_without_local_paths(tmp_path):
     assert call(app, "GET", "/fileget", query).status == 404
     assert call(app, "GET", "/readyz").status in (200, 503)  # converters may be missing here
     assert not (tmp_path / "unused").exists()  # nothing went to BASE_DIR
+
+
+def test_thumbnails_of_a_store_without_local_paths(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # local copies and renders go here
+    store = MemoryStore(colls={COLL})
+    renderer = FakeRenderer()
+    app = create_app(make_settings(tmp_path / "unused"), store=store,
+                     thumbnailer=fake_thumbnailer(renderer))
+    assert upload(app, "a b.png", samples.png()).body == b"Ok."
+    query = {"type": "T", "coll": COLL, "filename": "a b.png", "scale": "64"}
+    for _ in range(2):
+        made = call(app, "GET", "/fileget", query)
+        assert made.status == 200 and made.header("Content-Type") == "image/png"
+        assert made.body == samples.png()
+    assert len(renderer.calls) == 1  # the second request was served from the store
+    assert store.list(COLL, storage.THUMBNAIL) == ["a b_64.png"]
+    thumb_mtime = store.stat(COLL, "a b_64.png", storage.THUMBNAIL).mtime_ns
+    key = (COLL, storage.ORIGINAL, "a b.png")
+    store.files[key] = (store.files[key][0], thumb_mtime + 1)  # a newer original
+    assert call(app, "GET", "/fileget", query).status == 200
+    assert len(renderer.calls) == 2
+    assert store.stat(COLL, "a b_64.png", storage.THUMBNAIL).mtime_ns > thumb_mtime
+    assert call(app, "GET", "/fileget", dict(query, filename="gone.png")).status == 404
+    assert os.listdir(str(scratch)) == []  # no local copy or scratch dir left behind
+    assert not (tmp_path / "unused").exists()

@@ -312,6 +312,19 @@ class Store:
         """Publish a staged upload as the original `name` atomically, replacing any other."""
         raise NotImplementedError
 
+    def save_thumbnail(self, coll, name, local_file):
+        """Publish the rendered local file `local_file` as thumbnail `name` atomically.
+
+        No reader ever sees half a thumbnail; the stored mtime is no earlier than the
+        local file's (so a thumbnail stays fresh for the original it was made from).
+        The caller removes `local_file` if it is still there.
+        """
+        raise NotImplementedError
+
+    def delete_thumbnail(self, coll, name):
+        """Delete one thumbnail; MissingFile if there is no such thumbnail."""
+        raise NotImplementedError
+
     def delete_original(self, coll, name, is_own_thumbnail):
         """Delete an original and the thumbnails `is_own_thumbnail(thumb_name)` selects.
 
@@ -503,6 +516,29 @@ class FileStore(Store):
     def save_original(self, coll, name, staged):
         """Publish a StagedFile as the original `name`, replacing any previous version."""
         staged.commit(self.original_path(coll, name))
+
+    def save_thumbnail(self, coll, name, local_file):
+        """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem)."""
+        target = self.thumbnail_path(coll, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.replace(local_file, target)
+        except OSError as ex:
+            if ex.errno != errno.EXDEV:
+                raise
+            with StagedFile(os.path.dirname(target)) as staged, open(local_file, "rb") as source:
+                shutil.copyfileobj(source, staged.file, COPY_CHUNK)
+                staged.file.flush()
+                mtime_ns = os.stat(local_file).st_mtime_ns
+                os.utime(staged.path, ns=(mtime_ns, mtime_ns))
+                staged.commit(target)
+
+    def delete_thumbnail(self, coll, name):
+        """Delete one thumbnail; MissingFile if there is no such thumbnail."""
+        try:
+            os.unlink(self.thumbnail_path(coll, name))
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingFile("File does not exist.") from None
 
     def delete_original(self, coll, name, is_own_thumbnail):
         """Delete an original and the thumbnails `is_own_thumbnail(thumb_name)` selects.

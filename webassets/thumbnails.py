@@ -22,7 +22,7 @@ except ImportError:  # not POSIX: single flight holds within one process only
     fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
-from .storage import RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL
+from .storage import RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, MissingFile
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
@@ -309,6 +309,7 @@ class Toolchain:
 # ---------------------------------------------------------------------------- engine
 
 # One thumbnail to render: absolute source, its format, header size and mtime, target, scale.
+# The target is the local file to render onto (None until the scheduler picks one).
 Job = collections.namedtuple("Job", "source fmt size mtime_ns target scale")
 
 
@@ -326,6 +327,23 @@ class NullObserver:
 
     def conversion_finished(self, fmt, seconds, ok):
         """A conversion of input format `fmt` ended after `seconds`, successfully or not."""
+
+
+class _Want(collections.namedtuple(
+        "_Want", "key failure_key mtime_ns name scale is_fresh render")):
+    """One thumbnail asked for: when it is fresh, and how to render and publish it.
+
+    `key` names the thumbnail (single flight, the cross-process lock); `failure_key` the
+    source version and scale, so a new upload under the same name (new mtime) is tried again
+    at once. `is_fresh()` judges the published thumbnail; `render(job)` makes and publishes it.
+    """
+
+    __slots__ = ()
+
+    @property
+    def content_type(self):
+        """Return the type the thumbnail is served with (by its name's extension)."""
+        return CONTENT_TYPES[output_format(self.name)]
 
 
 class _Flight:
@@ -370,9 +388,9 @@ class Thumbnailer:
         self.lock_dir = lock_dir
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(self.max_workers)
-        self._flights = {}  # absolute target path -> _Flight
+        self._flights = {}  # _Want.key -> _Flight
         self._pending = 0  # conversions running or waiting for a slot
-        self._failures = {}  # _failure_key(job) -> (expires, exception type, args)
+        self._failures = {}  # _Want.failure_key -> (expires, exception type, args)
         self._average_seconds = 1.0
 
     # -- public API
@@ -381,15 +399,29 @@ class Thumbnailer:
         """Ensure `store` holds the thumbnail of original `name` at `scale`.
 
         Return (thumbnail name, content type); the thumbnail is then store.open()-able as a
-        storage.THUMBNAIL. Raise MissingFile (no original), UnknownCollection, UnsafeName and
-        whatever thumbnail() raises. The source is the store's local_copy(); the thumbnail is
-        rendered onto the store's local_path() for it (a store without local paths needs a
-        publishing step here: issue 10, part 2).
+        storage.THUMBNAIL. It is fresh while the store dates it no earlier than the original;
+        else it is rendered from the store's local_copy() of the original into a scratch
+        directory and published with store.save_thumbnail(). Raise MissingFile (no original),
+        UnknownCollection, UnsafeName and whatever thumbnail() raises.
         """
         thumb_name = thumbnail_name(name, scale)
-        target = store.local_path(coll, thumb_name, THUMBNAIL)
+        mtime_ns = store.stat(coll, name).mtime_ns
+
+        def is_fresh():
+            try:
+                return store.stat(coll, thumb_name, THUMBNAIL).mtime_ns >= mtime_ns
+            except MissingFile:
+                return False
+
+        def render(job):
+            self._render_and_save(store, coll, thumb_name, job)
+
+        want = _Want((coll, thumb_name), (coll, name, mtime_ns, scale), mtime_ns, thumb_name,
+                     scale, is_fresh, render)
+        if self._check_fresh(want):
+            return thumb_name, want.content_type
         with store.local_copy(coll, name) as source:
-            return thumb_name, self.thumbnail(source, target, scale)
+            return thumb_name, self._ensure(want, source)
 
     def thumbnail(self, source_path: str, target_path: str, scale: int) -> str:
         """Ensure `target_path` holds a thumbnail of `source_path`; return its content type.
@@ -400,28 +432,62 @@ class Thumbnailer:
         """
         mtime_ns = os.stat(source_path).st_mtime_ns
         target_path = os.path.abspath(target_path)
-        content_type = CONTENT_TYPES[output_format(target_path)]
-        fresh = _is_fresh(target_path, mtime_ns)
+
+        def render(job):
+            self.renderer.render(job._replace(target=target_path))
+
+        want = _Want(target_path, (os.path.abspath(source_path), mtime_ns, scale), mtime_ns,
+                     target_path, scale, lambda: _is_fresh(target_path, mtime_ns), render)
+        if self._check_fresh(want):
+            return want.content_type
+        return self._ensure(want, source_path)
+
+    def _check_fresh(self, want: "_Want") -> bool:
+        """Tell (and report) whether the wanted thumbnail is already fresh."""
+        fresh = want.is_fresh()
         self.observer.observe_thumbnail(fresh)
-        if fresh:
-            return content_type
+        return fresh
+
+    def _ensure(self, want: "_Want", source_path: str) -> str:
+        """Render a stale thumbnail once per key (single flight); return its content type."""
         fmt, size = self.inspect(source_path)
-        job = Job(os.path.abspath(source_path), fmt, size, mtime_ns, target_path, scale)
+        job = Job(os.path.abspath(source_path), fmt, size, want.mtime_ns, None, want.scale)
         with self._lock:
-            self._raise_remembered_failure(job)
-            if _is_fresh(target_path, mtime_ns):
-                return content_type
-            flight = self._flights.get(target_path)
+            self._raise_remembered_failure(want.failure_key)
+            if want.is_fresh():
+                return want.content_type
+            flight = self._flights.get(want.key)
             leader = flight is None
             if leader:
-                flight = self._start_flight(target_path)
+                flight = self._start_flight(want.key)
         if leader:
-            self._lead(flight, job)
+            self._lead(flight, want, job)
         else:
             flight.done.wait()
             if flight.error is not None:
                 raise _copy_error(flight.error)
-        return content_type
+        return want.content_type
+
+    def _render_and_save(self, store, coll: Optional[str], thumb_name: str, job: Job) -> None:
+        """Render `job` into a private scratch directory, then store.save_thumbnail() it.
+
+        The scratch directory is beside the thumbnail when the store has a local path for
+        it (so publishing is a rename on one filesystem), else in the system's temp dir.
+        """
+        local = store.local_path(coll, thumb_name, THUMBNAIL)
+        parent = os.path.dirname(local) if local is not None else None
+        with _disk_full_as_error(parent or tempfile.gettempdir()):
+            if parent is not None:
+                os.makedirs(parent, exist_ok=True)
+            scratch = tempfile.mkdtemp(prefix=RENDER_PREFIX, suffix=TEMP_SUFFIX, dir=parent)
+        try:
+            # A fixed name: the thumbnail's own name may hold characters ImageMagick expands.
+            staged = os.path.join(scratch, "thumbnail" + os.path.splitext(thumb_name)[1])
+            self.renderer.render(job._replace(target=staged))
+            with _disk_full_as_error(scratch):
+                store.save_thumbnail(coll, thumb_name, staged)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def inspect(self, source_path: str) -> Tuple[str, Optional[Tuple[int, int]]]:
         """Return the source's real format and header size after the cheap checks.
@@ -462,41 +528,41 @@ class Thumbnailer:
 
     # -- single flight and bounded pool
 
-    def _start_flight(self, target_path: str) -> _Flight:
+    def _start_flight(self, key) -> _Flight:
         # Called with self._lock held.
         if self._pending >= self.max_workers + self.max_queue:
             estimate = self._average_seconds * self._pending / self.max_workers
             self.observer.observe_rejection()
             raise Busy(retry_after=max(1, min(60, int(math.ceil(estimate)))))
-        flight = self._flights[target_path] = _Flight()
+        flight = self._flights[key] = _Flight()
         self._pending += 1
         return flight
 
-    def _lead(self, flight: _Flight, job: Job) -> None:
+    def _lead(self, flight: _Flight, want: "_Want", job: Job) -> None:
         try:
             # The lock comes before the slot: waiting for another process holds no slot.
-            with self._process_lock(job.target):
-                if not _is_fresh(job.target, job.mtime_ns):  # else another process made it
+            with self._process_lock(want.key):
+                if not want.is_fresh():  # else another process made it
                     with self._slots:
-                        self._convert(job)
+                        self._convert(want, job)
         except BaseException as ex:
             flight.error = ex
             # A full disk is the store's fault, not the file's: try again once there is room.
             if isinstance(ex, ThumbnailError) and not isinstance(ex, DiskFull):
-                self._remember_failure(job, ex)
+                self._remember_failure(want.failure_key, ex)
             raise
         finally:
             with self._lock:
-                del self._flights[job.target]
+                del self._flights[want.key]
                 self._pending -= 1
             flight.done.set()
 
-    def _convert(self, job: Job) -> None:
+    def _convert(self, want: "_Want", job: Job) -> None:
         started = self._clock()
         self.observer.conversion_started()
         ok = False
         try:
-            self.renderer.render(job)
+            want.render(job)
             ok = True
         finally:
             elapsed = self._clock() - started
@@ -504,13 +570,13 @@ class Thumbnailer:
         self._average_seconds = 0.8 * self._average_seconds + 0.2 * elapsed
 
     @contextlib.contextmanager
-    def _process_lock(self, target: str):
-        """Hold `target`'s striped lock file in lock_dir (no-op without one); raise OSError."""
+    def _process_lock(self, key):
+        """Hold `key`'s striped lock file in lock_dir (no-op without one); raise OSError."""
         if self.lock_dir is None or fcntl is None:
             yield
             return
-        # NOTE: crc32, not hash(): every process must pick the same stripe for a target.
-        stripe = zlib.crc32(target.encode("utf-8", "surrogateescape")) % LOCK_STRIPES
+        # NOTE: crc32, not hash(): every process must pick the same stripe for a key.
+        stripe = zlib.crc32(str(key).encode("utf-8", "surrogateescape")) % LOCK_STRIPES
         os.makedirs(self.lock_dir, exist_ok=True)
         fd = os.open(os.path.join(self.lock_dir, "%02d" % stripe), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -521,16 +587,15 @@ class Thumbnailer:
         finally:
             os.close(fd)
 
-    def _remember_failure(self, job: Job, ex: ThumbnailError) -> None:
+    def _remember_failure(self, key: tuple, ex: ThumbnailError) -> None:
         now = self._clock()
         with self._lock:
             if len(self._failures) >= 1024:
                 self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
-            self._failures[_failure_key(job)] = (now + self.failure_ttl, type(ex), ex.args)
+            self._failures[key] = (now + self.failure_ttl, type(ex), ex.args)
 
-    def _raise_remembered_failure(self, job: Job) -> None:
+    def _raise_remembered_failure(self, key: tuple) -> None:
         # Called with self._lock held.
-        key = _failure_key(job)
         failure = self._failures.get(key)
         if failure is None:
             return
@@ -682,11 +747,6 @@ def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:
         return os.stat(target_path).st_mtime_ns >= source_mtime_ns
     except FileNotFoundError:
         return False
-
-
-def _failure_key(job: Job) -> tuple:
-    # A new upload under the same name (new mtime) is tried again at once.
-    return job.source, job.mtime_ns, job.scale
 
 
 def _safe_source(source: str, workdir: str) -> str:
