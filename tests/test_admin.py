@@ -235,6 +235,14 @@ def test_prune_removes_orphans_and_off_ladder_sizes(capsys, tmp_path, store):
     assert run(capsys, "thumbnails", "prune", "--settings", settings, "--dry-run")[0] == 0
 
 
+def test_prune_leaves_symlinked_thumbnails_alone(capsys, tmp_path, store):
+    thumbs = store / "fish" / "thumbnails"
+    os.symlink("cod_200.png", str(thumbs / "gone_123.png"))  # an orphan, but a link
+    status, out, _ = run(capsys, "thumbnails", "prune", "--settings", write_settings(tmp_path))
+    assert status == 0 and "gone_123.png" not in out and "gone_200.png" in out
+    assert names(thumbs) == ["cod_200.png", "gone_123.png"]
+
+
 def test_prune_keeps_every_size_without_a_ladder(capsys, tmp_path, store):
     run(capsys, "thumbnails", "prune", "--settings", write_settings(tmp_path, THUMBNAIL_SIZES=None))
     assert "eel_999.png" in names(store / "fish" / "thumbnails")

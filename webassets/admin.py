@@ -149,9 +149,8 @@ def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, 
     """
     scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
                                             settings.THUMBNAIL_SIZES) for size in sizes})
-    # One collection stands for each directory (None: COLLECTION_DIRS is None, any will do).
-    colls = [area.colls[0] if area.colls else None for area in areas(store, coll)]
-    work = [(one_coll, name, scale) for one_coll in colls for name in store.list(one_coll)
+    work = [(one_coll, name, scale) for one_coll in _walked_colls(store, coll)
+            for name in store.list(one_coll)
             if _unsafe(name) is None for scale in scales]
     # More threads than the engine's converter slots would only wait for a slot.
     jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
@@ -233,10 +232,46 @@ def _run_bounded(function, items, jobs):
 
 # ---------------------------------------------------------------------------- thumbnails prune
 
-def _thumbnail_files(area):
-    """Return the area's thumbnails (regular files; temporary and hidden ones skipped)."""
-    return [entry for entry in _entries(area.thumbnails)
-            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
+def _walked_colls(store, coll=None):
+    """Return one collection per collection directory, or `coll`'s; UnknownCollection.
+
+    None stands for the store when COLLECTION_DIRS is None (any collection will do).
+    """
+    return [area.colls[0] if area.colls else None for area in areas(store, coll)]
+
+
+def _prunable_thumbnails(store, coll):
+    """Return the names of `coll`'s thumbnails that prune may judge.
+
+    Symlinks are left alone, as they always were: someone put them there on purpose.
+    Names the server could never make are fsck's to report.
+    """
+    found = []
+    for name in store.list(coll, storage.THUMBNAIL):
+        try:
+            path = store.local_path(coll, name, storage.THUMBNAIL)
+        except storage.UnsafeName:
+            continue
+        if path is None or not os.path.islink(path):
+            found.append(name)
+    return found
+
+
+def _remove_thumbnail(report, store, coll, name, what, dry_run, detail=""):
+    """Delete a stored thumbnail unless dry_run, and report it; False if deletion failed."""
+    shown = store.static_name(coll, name, storage.THUMBNAIL)
+    if dry_run:
+        report.add_stored("would remove", what, shown, detail)
+        return True
+    try:
+        store.delete_thumbnail(coll, name)
+    except storage.MissingFile:
+        pass  # gone meanwhile (its original was deleted): nothing left to do
+    except OSError as ex:
+        report.add_stored("FAILED", what, shown, "cannot remove: %s" % (ex.strerror or ex))
+        return False
+    report.add_stored("removed", what, shown, detail)
+    return True
 
 
 def prune(store, settings, dry_run=False, out=None, quiet=False):
@@ -247,15 +282,14 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
     report = Report(store.base_dir, out)
     # Thumbnails are listed before originals: a thumbnail made meanwhile then has its
     # original in the list, so a live upload never loses its fresh thumbnail.
-    listings = [(_thumbnail_files(area), area) for area in areas(store)]
-    listings = [(thumbs, _Owners(entry.name for entry in _entries(area.originals)))
-                for thumbs, area in listings]
-    total = sum(len(thumbs) for thumbs, _ in listings)
+    listings = [(coll, _prunable_thumbnails(store, coll)) for coll in _walked_colls(store)]
+    listings = [(coll, thumbs, _Owners(store.list(coll))) for coll, thumbs in listings]
+    total = sum(len(thumbs) for _, thumbs, _ in listings)
     sizes = frozenset(settings.THUMBNAIL_SIZES or ())
     with Progress("prune", total, enabled=not quiet) as bar:
-        for thumbs, owners in listings:
-            for entry in thumbs:
-                _prune_one(entry, owners, sizes, report, dry_run)
+        for coll, thumbs, owners in listings:
+            for name in thumbs:
+                _prune_one(store, coll, name, owners, sizes, report, dry_run)
                 bar.update()
     report.write("prune: %d thumbnails checked, %s %d\n"
                  % (total, "would remove" if dry_run else "removed",
@@ -263,15 +297,15 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
     return EXIT_ATTENTION if report.count("FAILED", "would remove") else EXIT_OK
 
 
-def _prune_one(entry, owners, sizes, report, dry_run):
-    parsed = thumbnails.parse_thumbnail_name(entry.name)
+def _prune_one(store, coll, name, owners, sizes, report, dry_run):
+    parsed = thumbnails.parse_thumbnail_name(name)
     if parsed is None:
         return  # not a name the server makes: fsck reports it
-    if owners.owner(entry.name, parsed[0]) is None:
-        _remove(report, entry.path, "orphan thumbnail", dry_run)
+    if owners.owner(name, parsed[0]) is None:
+        _remove_thumbnail(report, store, coll, name, "orphan thumbnail", dry_run)
     elif sizes and parsed[1] not in sizes:
-        _remove(report, entry.path, "size not in ladder", dry_run,
-                "%d not in THUMBNAIL_SIZES" % parsed[1])
+        _remove_thumbnail(report, store, coll, name, "size not in ladder", dry_run,
+                          "%d not in THUMBNAIL_SIZES" % parsed[1])
 
 
 # ---------------------------------------------------------------------------- fsck
