@@ -213,6 +213,10 @@ class MemoryStore(storage.Store):
         return sorted(name for (key_coll, key_kind, name) in self.files
                       if (key_coll, key_kind) == (coll, kind))
 
+    def list_temporary(self, coll, kind=storage.ORIGINAL):
+        self.check_collection(coll)
+        return []
+
     @contextlib.contextmanager
     def local_copy(self, coll, name, kind=storage.ORIGINAL):
         data, _ = self._get(coll, name, kind)

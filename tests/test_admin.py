@@ -313,6 +313,7 @@ def test_pregen_parallelism_is_bounded(tmp_path, store):
 
 def test_stats_table_and_json(capsys, tmp_path, store):
     settings = write_settings(tmp_path)
+    os.symlink("cod.png", str(store / "fish" / "originals" / "link.png"))  # not counted
     status, out, _ = run(capsys, "stats", "--settings", settings, "-q")
     assert status == 0
     assert re.search(r"birds +2 +\d+ B +2 +\d+ B +1", out)

@@ -6,7 +6,6 @@ import logging
 import os
 import queue
 import shutil
-import stat
 import sys
 import threading
 import time
@@ -415,46 +414,55 @@ def _fsck_area(originals, thumbs, report, dry_run, grace, now, bar):
 
 # ---------------------------------------------------------------------------- stats
 
-def _tally(entries, bar):
-    """Return (count, bytes, temporary files, [(size, path)]) of a directory's files.
+def _listing(store, coll, kind):
+    """Return (names, temporary names) of `coll`'s files of `kind`."""
+    return store.list(coll, kind), store.list_temporary(coll, kind)
 
-    Hidden files other than our temporary ones are not counted: the server never serves them.
+
+def _tally(store, coll, kind, listing, bar):
+    """Return (count, bytes, temporary files, [(size, stored name)]) of a _listing().
+
+    Hidden files other than our temporary ones are not counted: the server never serves
+    them; nor are symlinks (as before) and names it could never serve.
     """
-    count = total = temps = 0
+    names, temps = listing
+    count = total = 0
     files = []
-    for entry in entries:
+    for name in names:
         bar.update()
         try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if _is_temp(entry.name):
-            temps += 1
-        elif stat.S_ISREG(info.st_mode) and not entry.name.startswith("."):
-            count += 1
-            total += info.st_size
-            files.append((info.st_size, entry.path))
-    return count, total, temps, files
+            path = store.local_path(coll, name, kind)
+            if path is not None and os.path.islink(path):
+                continue
+            info = store.stat(coll, name, kind)
+        except (storage.MissingFile, storage.UnsafeName):
+            continue  # deleted meanwhile, or a name no request can reach
+        count += 1
+        total += info.size
+        files.append((info.size, store.static_name(coll, name, kind)))
+    for _ in temps:
+        bar.update()
+    return count, total, len(temps), files
 
 
 def stats(store, top=10, as_json=False, out=None, quiet=False):
     """Print originals and thumbnails per collection directory and the largest originals."""
     out = out or sys.stdout
-    listings = [(area, _entries(area.originals), _entries(area.thumbnails))
-                for area in areas(store)]
+    listings = [(area, coll, _listing(store, coll, storage.ORIGINAL),
+                 _listing(store, coll, storage.THUMBNAIL))
+                for area, coll in zip(areas(store), _walked_colls(store))]
     rows, largest = [], []
-    with Progress("stats", sum(len(o) + len(t) for _, o, t in listings),
-                  enabled=not quiet) as bar:
-        for area, original_entries, thumb_entries in listings:
-            originals = _tally(original_entries, bar)
-            thumbs = _tally(thumb_entries, bar)
+    total = sum(len(names) + len(temps) for _, _, *both in listings for names, temps in both)
+    with Progress("stats", total, enabled=not quiet) as bar:
+        for area, coll, original_listing, thumb_listing in listings:
+            originals = _tally(store, coll, storage.ORIGINAL, original_listing, bar)
+            thumbs = _tally(store, coll, storage.THUMBNAIL, thumb_listing, bar)
             rows.append({"directory": area.label, "collections": list(area.colls),
                          "originals": originals[0], "originals_bytes": originals[1],
                          "thumbnails": thumbs[0], "thumbnails_bytes": thumbs[1],
                          "temporary": originals[2] + thumbs[2]})
             largest = heapq.nlargest(top, largest + originals[3])
-    largest = [{"bytes": size, "path": os.path.relpath(path, store.base_dir)}
-               for size, path in largest]
+    largest = [{"bytes": size, "path": name} for size, name in largest]
     if as_json:
         out.write(json.dumps({"base_dir": store.base_dir, "directories": rows,
                               "largest_originals": largest}, indent=2) + "\n")

@@ -336,6 +336,13 @@ class Store:
         """Return the sorted names of `coll`'s stored files of `kind` (no temporary files)."""
         raise NotImplementedError
 
+    def list_temporary(self, coll, kind=ORIGINAL):
+        """Return the sorted names of unfinished work among `coll`'s files of `kind`.
+
+        Uploads being received and thumbnails being rendered, or left by a crash.
+        """
+        raise NotImplementedError
+
     def local_copy(self, coll, name, kind=ORIGINAL):
         """Return a context manager yielding a local path holding the file's bytes.
 
@@ -571,10 +578,23 @@ class FileStore(Store):
 
     def list(self, coll, kind=ORIGINAL):
         """Return the sorted names of `coll`'s files of `kind` (temporary files excluded)."""
+        return self._list(self._directory(coll, kind))
+
+    def list_temporary(self, coll, kind=ORIGINAL):
+        """Return the sorted names of the temporary files and render dirs of `coll`'s `kind`."""
+        directory = self._directory(coll, kind)
+        try:
+            with os.scandir(directory) as entries:
+                return sorted(entry.name for entry in entries
+                              if entry.name.startswith(TEMP_PREFIXES))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _directory(self, coll, kind):
         if kind == ORIGINAL:
-            return self._list(self.originals_dir(coll))
+            return self.originals_dir(coll)
         if kind == THUMBNAIL:
-            return self._list(self.thumbnails_dir(coll))
+            return self.thumbnails_dir(coll)
         raise ValueError("unknown kind of file: %r" % (kind,))
 
     def list_originals(self, coll):
