@@ -454,6 +454,8 @@ class Thumbnailer:
         job = Job(os.path.abspath(source_path), fmt, size, want.mtime_ns, None, want.scale)
         with self._lock:
             self._raise_remembered_failure(want.failure_key)
+            # NOTE: a stat under the engine's lock: cheap on a local disk; a remote store
+            # should drop this check (the leader checks again under the process lock).
             if want.is_fresh():
                 return want.content_type
             flight = self._flights.get(want.key)
