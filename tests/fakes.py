@@ -73,6 +73,31 @@ class Concurrency:
                 self.running -= 1
 
 
+def storm(request, fake, gate, count=32):
+    """Call `request()` from `count` threads at once, held at `fake`'s gate until all arrive.
+
+    `fake` is a Concurrency whose calls wait for the Event `gate`; the first call opens it
+    once the others have had time to reach it. Returns (results, errors) of the threads.
+    """
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(request())
+        except Exception as ex:  # collected for the caller to assert
+            errors.append(ex)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    assert fake.first.wait(WAIT)
+    time.sleep(0.05)  # let the others reach the flight
+    gate.set()
+    for thread in threads:
+        thread.join(WAIT)
+    return results, errors
+
+
 class FakeConverter(Concurrency):
     """A converter `run(argv, timeout)`: answers the probes, 'converts' by writing a PNG or JPEG.
 

@@ -9,7 +9,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.fakes import ASCII, FakeRenderer, MemoryStore, fake_thumbnailer, tiff_block, with_exif
+from tests.fakes import (ASCII, FakeRenderer, MemoryStore, fake_thumbnailer, storm, tiff_block,
+                         with_exif)
 from tests.helpers import COLL, DATE, call, make_settings, token, upload
 from webassets.app import create_app
 from webassets import samples, storage
@@ -82,8 +83,8 @@ def test_staging_with_collection_dirs_before_coll_is_known(tmp_path):
     assert [name for name in os.listdir(str(tmp_path)) if name.startswith(".")] == []
 
 
-def test_commit_across_filesystems_copies(tmp_path, monkeypatch):
-    store = FileStore(str(tmp_path))
+def first_rename_crosses_filesystems(monkeypatch):
+    """Make the store's first os.replace() fail with EXDEV; return the list of its sources."""
     real_replace = os.replace
     calls = []
 
@@ -94,6 +95,12 @@ def test_commit_across_filesystems_copies(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(storage.os, "replace", replace)
+    return calls
+
+
+def test_commit_across_filesystems_copies(tmp_path, monkeypatch):
+    store = FileStore(str(tmp_path))
+    calls = first_rename_crosses_filesystems(monkeypatch)
     _save(store, "a.jpg", b"moved")
     assert (tmp_path / "originals" / "a.jpg").read_bytes() == b"moved"
     assert os.listdir(str(tmp_path / "originals")) == ["a.jpg"]
@@ -293,22 +300,8 @@ def test_thumbnail_of_makes_one_conversion_for_concurrent_requests(tmp_path):
     gate = threading.Event()
     renderer = FakeRenderer(gate=gate)
     engine = fake_thumbnailer(renderer, lock_dir=str(tmp_path / ".locks"))
-    results, errors = [], []
-
-    def request():
-        try:
-            results.append(engine.thumbnail_of(store, "C", "a.png", 64))
-        except Exception as ex:  # collected and asserted below
-            errors.append(ex)
-
-    threads = [threading.Thread(target=request) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    assert renderer.first.wait(10)
-    time.sleep(0.05)  # let the other 31 reach the flight
-    gate.set()
-    for thread in threads:
-        thread.join(10)
+    results, errors = storm(lambda: engine.thumbnail_of(store, "C", "a.png", 64), renderer,
+                            gate)
     assert errors == [] and results == [("a_64.png", "image/png")] * 32
     assert len(renderer.calls) == 1
     assert os.listdir(store.thumbnails_dir("C")) == ["a_64.png"]
@@ -335,16 +328,7 @@ def test_save_thumbnail_across_filesystems_copies_and_keeps_the_date(tmp_path, m
     rendered = tmp_path / "rendered"
     rendered.write_bytes(b"thumb")
     os.utime(str(rendered), ns=(5 * 10 ** 18, 5 * 10 ** 18))
-    real_replace = os.replace
-    calls = []
-
-    def replace(src, dst):
-        calls.append(src)
-        if len(calls) == 1:
-            raise OSError(errno.EXDEV, "cross-device link")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(storage.os, "replace", replace)
+    calls = first_rename_crosses_filesystems(monkeypatch)
     store.save_thumbnail(None, "a_64.png", str(rendered))
     assert store.stat(None, "a_64.png", storage.THUMBNAIL) == storage.FileInfo(5, 5 * 10 ** 18)
     assert os.listdir(store.thumbnails_dir(None)) == ["a_64.png"]

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes import (
     FakeConverter, FakeRenderer, fake_thumbnailer, fake_tools, jpeg_header, png_bytes, png_chunk,
+    storm,
 )
 from tests.helpers import CONVERT, needs_convert
 from webassets import imageformats, thumbnails
@@ -311,22 +312,8 @@ def test_single_flight(tmp_path, source):
     gate = threading.Event()
     renderer = FakeRenderer(gate=gate)
     thumbnailer = fake_thumbnailer(renderer)
-    results, errors = [], []
-
-    def request():
-        try:
-            results.append(thumbnailer.thumbnail(source, thumbs(tmp_path), 10))
-        except Exception as ex:  # collected and asserted below
-            errors.append(ex)
-
-    threads = [threading.Thread(target=request) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    assert renderer.first.wait(10)
-    time.sleep(0.05)  # let the other 31 reach the flight
-    gate.set()
-    for thread in threads:
-        thread.join(10)
+    results, errors = storm(lambda: thumbnailer.thumbnail(source, thumbs(tmp_path), 10),
+                            renderer, gate)
     assert errors == [] and results == ["image/png"] * 32
     assert len(renderer.calls) == 1
 
