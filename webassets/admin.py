@@ -117,23 +117,31 @@ class Report:
         self._lines = []
 
 
-def _remove(report, path, what, dry_run, detail="", tree=False):
-    """Remove a file (or a tree) unless dry_run, and report it; False if removal failed."""
+def _delete_reported(report, shown, what, dry_run, delete, gone, detail=""):
+    """Run `delete()` unless dry_run, and report it under `shown`; False if it failed.
+
+    `gone` is the exception `delete()` raises when the file went meanwhile (a request
+    finished or deleted it): nothing is left to repair then.
+    """
     if dry_run:
-        report.add("would remove", what, path, detail)
+        report.add_stored("would remove", what, shown, detail)
         return True
     try:
-        if tree:
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass  # gone meanwhile (a request finished it): nothing left to repair
+        delete()
+    except gone:
+        pass
     except OSError as ex:
-        report.add("FAILED", what, path, "cannot remove: %s" % (ex.strerror or ex))
+        report.add_stored("FAILED", what, shown, "cannot remove: %s" % (ex.strerror or ex))
         return False
-    report.add("removed", what, path, detail)
+    report.add_stored("removed", what, shown, detail)
     return True
+
+
+def _remove(report, path, what, dry_run, detail="", tree=False):
+    """Remove a file (or a tree) unless dry_run, and report it; False if removal failed."""
+    remove = shutil.rmtree if tree else os.unlink
+    return _delete_reported(report, os.path.relpath(path, report.base_dir), what, dry_run,
+                            lambda: remove(path), FileNotFoundError, detail)
 
 
 # ---------------------------------------------------------------------------- thumbnails pregen
@@ -258,19 +266,9 @@ def _prunable_thumbnails(store, coll):
 
 def _remove_thumbnail(report, store, coll, name, what, dry_run, detail=""):
     """Delete a stored thumbnail unless dry_run, and report it; False if deletion failed."""
-    shown = store.static_name(coll, name, storage.THUMBNAIL)
-    if dry_run:
-        report.add_stored("would remove", what, shown, detail)
-        return True
-    try:
-        store.delete_thumbnail(coll, name)
-    except storage.MissingFile:
-        pass  # gone meanwhile (its original was deleted): nothing left to do
-    except OSError as ex:
-        report.add_stored("FAILED", what, shown, "cannot remove: %s" % (ex.strerror or ex))
-        return False
-    report.add_stored("removed", what, shown, detail)
-    return True
+    return _delete_reported(report, store.static_name(coll, name, storage.THUMBNAIL), what,
+                            dry_run, lambda: store.delete_thumbnail(coll, name),
+                            storage.MissingFile, detail)
 
 
 def prune(store, settings, dry_run=False, out=None, quiet=False):
