@@ -134,15 +134,15 @@ def test_delete_removes_only_selected_thumbnails(tmp_path):
     removed = store.delete_original(None, "sp61.att.jpg", lambda name: name == "sp61.att_200.jpg")
     assert removed == ["sp61.att_200.jpg"]
     assert sorted(os.listdir(str(thumbs))) == ["sp612.att_200.jpg"]
-    assert store.list_originals(None) == ["sp612.att.jpg"]
+    assert store.list(None) == ["sp612.att.jpg"]
 
 
 def test_lists_skip_temporary_files(tmp_path):
     store = FileStore(str(tmp_path))
     _save(store, "a.jpg", b"1")
     (tmp_path / "originals" / ".upload-abc.tmp").write_bytes(b"x")
-    assert store.list_originals(None) == ["a.jpg"]
-    assert store.list_thumbnails(None) == []
+    assert store.list(None) == ["a.jpg"]
+    assert store.list(None, storage.THUMBNAIL) == []
 
 
 def test_list_temporary_names_unfinished_work(tmp_path):

@@ -395,22 +395,18 @@ class FileStore(Store):
 
     def original_path(self, coll, name):
         """Return the local path of an original (it may not exist); UnsafeName, UnknownCollection."""
-        return os.path.join(self.originals_dir(coll), check_name(name))
+        return self._path(coll, name, ORIGINAL)
 
     def thumbnail_path(self, coll, thumb_name):
         """Return the local path of a thumbnail (it may not exist)."""
-        return os.path.join(self.thumbnails_dir(coll), check_name(thumb_name))
+        return self._path(coll, thumb_name, THUMBNAIL)
 
     def relative(self, path):
         """Return `path` relative to BASE_DIR, with '/' separators (for /static URLs)."""
         return os.path.relpath(path, self.base_dir).replace(os.sep, "/")
 
     def _path(self, coll, name, kind):
-        if kind == ORIGINAL:
-            return self.original_path(coll, name)
-        if kind == THUMBNAIL:
-            return self.thumbnail_path(coll, name)
-        raise ValueError("unknown kind of file: %r" % (kind,))
+        return os.path.join(self._directory(coll, kind), check_name(name))
 
     def prepare(self):
         """Create BASE_DIR if it is missing; OSError if it cannot be."""
@@ -559,7 +555,7 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             raise MissingFile("File does not exist.") from None
         removed = []
-        for thumb_name in self.list_thumbnails(coll):
+        for thumb_name in self.list(coll, THUMBNAIL):
             if is_own_thumbnail(thumb_name):
                 try:
                     os.unlink(os.path.join(self.thumbnails_dir(coll), thumb_name))
@@ -596,14 +592,6 @@ class FileStore(Store):
         if kind == THUMBNAIL:
             return self.thumbnails_dir(coll)
         raise ValueError("unknown kind of file: %r" % (kind,))
-
-    def list_originals(self, coll):
-        """Return the names of `coll`'s originals (temporary files excluded)."""
-        return self.list(coll, ORIGINAL)
-
-    def list_thumbnails(self, coll):
-        """Return the names of `coll`'s thumbnails (temporary files excluded)."""
-        return self.list(coll, THUMBNAIL)
 
     def static_path(self, relpath):
         """Resolve a /static/<relpath> under BASE_DIR; UnsafeName if it could leave it."""
