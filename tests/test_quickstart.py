@@ -23,3 +23,18 @@ def test_quickstart_prints_the_values_specify_needs(tmp_path):
     output = result.stdout.decode("utf-8")
     assert "http://assets.example.org:8080/web_asset_store.xml" in output
     assert "k3y" in output
+
+
+def test_setup_cfg_installs_every_subpackage():
+    # `pip install .` (not editable) copies only the packages setup.cfg names:
+    # a subpackage left out imports fine from the checkout and fails once installed.
+    import configparser
+    import fnmatch
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"), encoding="utf-8")
+    assert config["options"]["packages"].strip() == "find:"
+    patterns = [p.strip() for p in config["options.packages.find"]["include"].split(",")]
+    for directory, _dirs, files in os.walk(os.path.join(ROOT, "webassets")):
+        if "__init__.py" in files:
+            package = os.path.relpath(directory, ROOT).replace(os.sep, ".")
+            assert any(fnmatch.fnmatchcase(package, p) for p in patterns), package

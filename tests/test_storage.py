@@ -94,7 +94,7 @@ def first_rename_crosses_filesystems(monkeypatch):
             raise OSError(errno.EXDEV, "cross-device link")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(storage.filesystem.os, "replace", replace)
     return calls
 
 

@@ -1,0 +1,228 @@
+"""The store's interface: files keyed by (collection, kind, name), with its errors."""
+
+import os
+from typing import NamedTuple
+
+# The two kinds of stored file: a store keys every file by (collection, kind, name).
+ORIGINAL = "original"
+THUMBNAIL = "thumbnail"
+KINDS = (ORIGINAL, THUMBNAIL)
+
+MAX_NAME_BYTES = 255
+# Temporary files start with '.', which check_name refuses, so a client name
+# can never collide with (or fetch) a half-written file. fsck looks for these.
+UPLOAD_PREFIX = ".upload-"  # an upload being received (a file)
+RENDER_PREFIX = ".thumb-"  # a thumbnail being rendered (a directory, thumbnails.py)
+TEMP_SUFFIX = ".tmp"
+TEMP_PREFIXES = (UPLOAD_PREFIX, RENDER_PREFIX)
+COPY_CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    """Base of the storage errors."""
+
+
+class UnsafeName(StorageError):
+    """A client-supplied name is not one safe path component."""
+
+
+class UnknownCollection(StorageError):
+    """`coll` is not a key of COLLECTION_DIRS."""
+
+
+class MissingFile(StorageError):
+    """The named original or file does not exist."""
+
+
+def check_name(name, what="filename"):
+    """Return `name` if it is one safe path component, else raise UnsafeName.
+
+    SECURITY: a name can never leave its directory: no '/', '\\', NUL or other
+    control characters, not '.' or '..', no leading dot (which also hides
+    our temporary files), at most 255 UTF-8 bytes. Spaces, unicode, '%',
+    quotes and names without an extension are fine.
+    """
+    if not name:
+        raise UnsafeName("missing %s" % what)
+    if "/" in name or "\\" in name:
+        raise UnsafeName("%s must not contain a path separator" % what)
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise UnsafeName("%s must not contain control characters" % what)
+    if name.startswith("."):
+        raise UnsafeName("%s must not start with '.'" % what)
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise UnsafeName("%s is longer than %d bytes" % (what, MAX_NAME_BYTES))
+    return name
+
+
+class FileInfo(NamedTuple):
+    """What the HTTP layer needs to know of a stored file: size, modification time, ETag."""
+
+    size: int
+    mtime_ns: int
+
+    @property
+    def mtime(self):
+        """Return the modification time in seconds (a float, as os.stat's st_mtime)."""
+        seconds, nanoseconds = divmod(self.mtime_ns, 10 ** 9)
+        return seconds + nanoseconds * 1e-9
+
+    @property
+    def etag(self):
+        """Return the strong ETag: the same size and mtime give the same tag."""
+        return '"%x-%x"' % (self.mtime_ns, self.size)
+
+    @classmethod
+    def from_stat(cls, info):
+        """Return the FileInfo of an os.stat_result."""
+        return cls(info.st_size, info.st_mtime_ns)
+
+
+class StoredFile:
+    """A stored file open for binary reading, with its FileInfo.
+
+    `local_path` is the file's own path when it lives on this machine (so a front
+    server may send it: FILE_OFFLOAD), else None. fileno() and tell() reach the
+    descriptor, so the built-in server can sendfile(2) it.
+    """
+
+    mode = "rb"
+
+    def __init__(self, handle, info, local_path=None):
+        self.file = handle
+        self.info = info
+        self.local_path = local_path
+
+    size = property(lambda self: self.info.size)
+    mtime = property(lambda self: self.info.mtime)
+    etag = property(lambda self: self.info.etag)
+
+    def read(self, size=-1):
+        """Read up to `size` bytes (all with -1)."""
+        return self.file.read(size)
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        """Move the read position; return the new one."""
+        return self.file.seek(offset, whence)
+
+    def tell(self):
+        """Return the read position."""
+        return self.file.tell()
+
+    def fileno(self):
+        """Return the descriptor (io.UnsupportedOperation where there is none)."""
+        return self.file.fileno()
+
+    def close(self):
+        """Close the file."""
+        self.file.close()
+
+    @property
+    def closed(self):
+        """Return whether the file is closed."""
+        return self.file.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class Store:
+    """The store's interface: files keyed by (collection, name), originals and thumbnails.
+
+    Handlers talk only to this; no path crosses it except local_copy() (for the
+    converters and ExifRead) and local_path() (for FILE_OFFLOAD). Every method
+    raises UnknownCollection for an unknown collection, UnsafeName for an unsafe
+    name and MissingFile for an absent file; OSError for I/O failures.
+    """
+
+    def prepare(self):
+        """Create what the store needs before its first request; OSError if it cannot."""
+        raise NotImplementedError
+
+    def problem(self):
+        """Return why the store cannot take a new file now (one line), or None if it can."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Return [(status, line)] for `webassets check`: status is 'ok', 'warn' or 'FAIL'.
+
+        The first row is the store as a whole; a 'FAIL' there ends the list.
+        """
+        raise NotImplementedError
+
+    def free_space(self):
+        """Return (free bytes, total bytes) where new files go, or None if unknown."""
+        raise NotImplementedError
+
+    def check_collection(self, coll):
+        """Return None if `coll` is a known collection; UnknownCollection otherwise."""
+        raise NotImplementedError
+
+    def stat(self, coll, name, kind=ORIGINAL):
+        """Return the FileInfo of a stored file; MissingFile if there is none."""
+        raise NotImplementedError
+
+    def open(self, coll, name, kind=ORIGINAL):
+        """Open a stored file for reading: a StoredFile; MissingFile if there is none."""
+        raise NotImplementedError
+
+    def stage(self, coll=None, known_coll=False):
+        """Start receiving an upload: an object with write(data), size and discard()."""
+        raise NotImplementedError
+
+    def save_original(self, coll, name, staged):
+        """Publish a staged upload as the original `name` atomically, replacing any other."""
+        raise NotImplementedError
+
+    def save_thumbnail(self, coll, name, local_file):
+        """Publish the rendered local file `local_file` as thumbnail `name` atomically.
+
+        No reader ever sees half a thumbnail; the stored mtime is no earlier than the
+        local file's (so a thumbnail stays fresh for the original it was made from).
+        The caller removes `local_file` if it is still there.
+        """
+        raise NotImplementedError
+
+    def delete_thumbnail(self, coll, name):
+        """Delete one thumbnail; MissingFile if there is no such thumbnail."""
+        raise NotImplementedError
+
+    def delete_original(self, coll, name, is_own_thumbnail):
+        """Delete an original and the thumbnails `is_own_thumbnail(thumb_name)` selects.
+
+        Return the names of the removed thumbnails; MissingFile if there is no such original.
+        """
+        raise NotImplementedError
+
+    def list(self, coll, kind=ORIGINAL):
+        """Return the sorted names of `coll`'s stored files of `kind` (no temporary files)."""
+        raise NotImplementedError
+
+    def list_temporary(self, coll, kind=ORIGINAL):
+        """Return the sorted names of unfinished work among `coll`'s files of `kind`.
+
+        Uploads being received and thumbnails being rendered, or left by a crash.
+        """
+        raise NotImplementedError
+
+    def local_copy(self, coll, name, kind=ORIGINAL):
+        """Return a context manager yielding a local path holding the file's bytes.
+
+        The path is valid inside the `with` only; MissingFile if there is no such file.
+        """
+        raise NotImplementedError
+
+    def local_path(self, coll, name, kind=ORIGINAL):
+        """Return the file's own local path (it may not exist), or None for a remote store."""
+        raise NotImplementedError
+
+    def static_name(self, coll, name, kind=ORIGINAL):
+        """Return the '/'-separated name under /static that serves this file."""
+        raise NotImplementedError
+
+    def open_static(self, relpath):
+        """Open the file a /static/<relpath> names; UnsafeName if it could leave the store."""
+        raise NotImplementedError
