@@ -332,13 +332,14 @@ class _Threading(ThreadingMixIn, HTTPServer):
 class FakeS3:
     """A loopback HTTP server answering from a script: [(status, headers, body)] or 'drop'.
 
-    Records (method, path, headers, body) of every request; answers 200 once the
-    script runs out.
+    Records (method, path, headers, body) of every request and the client's port (one
+    per connection); answers 200 once the script runs out.
     """
 
     def __init__(self, script):
         self.script = list(script)
         self.requests = []
+        self.ports = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -352,13 +353,17 @@ class FakeS3:
                 body = self.rfile.read(length) if length else b""
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 fake.requests.append((self.command, self.path, headers, body))
+                fake.ports.append(self.client_address[1])
                 status, headers, data = fake.script.pop(0) if fake.script else (200, {}, b"")
                 if status == "drop":
                     self.close_connection = True
                     return
                 self.send_response_only(status)  # no Date of its own: tests send one
                 for name, value in headers.items():
-                    self.send_header(name, value)
+                    if name == "hang-up":  # close after answering, without saying so
+                        self.close_connection = True
+                    else:
+                        self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -498,3 +503,47 @@ def test_complete_with_an_empty_etag_asks_head(fake):
     writer.write(b"123456")
     assert writer.commit() == '"whole-2"'
     assert server.requests[-1][:2] == ("HEAD", "/fake/k")
+
+
+def test_keeps_connections_alive(fake):
+    server = fake((200, {}, b""), (200, {}, b"x" * 100), (200, {}, b""),
+                  (200, {}, b"y" * (1024 * 1024)))
+    client = server.client([])
+    client.put("a", b"1")
+    with client.get("a") as result:
+        assert result.read() == b"x" * 100
+    client.head("a")
+    with client.get("big") as result:
+        assert result.read(10) == b"y" * 10  # closed early: the connection cannot be reused
+    client.head("a")
+    assert len(set(server.ports[:4])) == 1 and server.ports[4] != server.ports[3]
+
+
+def test_a_connection_the_server_closed_is_reopened_without_a_retry(fake):
+    server = fake((200, {"hang-up": "1"}, b""), (200, {"ETag": '"e"'}, b""))
+    pauses = []
+    client = server.client(pauses, retries=0)
+    client.head("a")
+    assert client.put("a", b"1") == '"e"'
+    assert pauses == [] and len(server.requests) == 2
+
+
+def test_threads_share_a_client(s3_server, bucket):
+    client = s3_server.client(bucket)
+    failures = []
+
+    def work(number):
+        try:
+            for round_ in range(5):
+                key = "t%d/%d" % (number, round_)
+                client.put(key, key.encode())
+                assert client.get_bytes(key, 0, 99) == key.encode()
+        except Exception as ex:  # noqa: BLE001 (reported below)
+            failures.append(ex)
+    threads = [threading.Thread(target=work, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(list(client.list("t"))) == 20

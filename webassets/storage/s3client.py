@@ -36,6 +36,8 @@ DRAIN_LIMIT = 64 * 1024  # an unread rest up to this is read to keep the connect
 IDLE_PER_HOST = 4  # idle keep-alive connections kept per thread and host
 STATUS_CODES = {403: "AccessDenied", 404: "NoSuchKey", 412: "PreconditionFailed",
                 416: "InvalidRange"}  # for error answers without a body (HEAD)
+# Errors that mean a kept-alive connection was closed by the server before our request.
+STALE_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
 XML_DECLARATIONS = re.compile(br"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
@@ -214,6 +216,7 @@ def parse_xml(data, status=200, key=None):
     SECURITY: S3 answers never declare a DOCTYPE or entities, so a body that does is
     refused before parsing (no entity expansion, no external entities): S3Error.
     """
+    data = data.lstrip()  # Complete may send spaces while it works, then the XML
     if XML_DECLARATIONS.search(data):
         raise S3Error(status, "UnsafeXML", "the answer declares a DOCTYPE or entities",
                       key=key)
@@ -571,7 +574,7 @@ class S3Client:
             except (OSError, http.client.HTTPException) as ex:
                 conn.close()
                 self.stats.error("ConnectionError")
-                if reused and not stale_retried:
+                if reused and isinstance(ex, STALE_ERRORS) and not stale_retried:
                     stale_retried = True  # the server closed an idle keep-alive connection
                     continue
                 error = S3Unavailable(0, "ConnectionError", "%s %s: %s" % (
