@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -9,6 +10,7 @@ from socketserver import ThreadingMixIn
 
 import pytest
 
+from tests.deploy_util import make_certificate, which
 from webassets.storage import s3client, sigv4
 from webassets.storage.s3client import (AccessDenied, InvalidRange, NoSuchKey, PreconditionFailed,
                                         S3Client, S3Config, S3Error, S3Unavailable)
@@ -336,7 +338,7 @@ class FakeS3:
     per connection); answers 200 once the script runs out.
     """
 
-    def __init__(self, script):
+    def __init__(self, script, tls=None):
         self.script = list(script)
         self.requests = []
         self.ports = []
@@ -372,10 +374,16 @@ class FakeS3:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
 
         self.server = _Threading(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.01})
         self.thread.start()
-        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.endpoint = "%s://127.0.0.1:%d" % (scheme, self.server.server_address[1])
 
     def client(self, pauses, **overrides):
         values = dict(endpoint=self.endpoint, access_key="AKFAKE", secret_key="secret",
@@ -393,8 +401,8 @@ class FakeS3:
 def fake():
     servers = []
 
-    def make(*script):
-        servers.append(FakeS3(script))
+    def make(*script, **options):
+        servers.append(FakeS3(script, **options))
         return servers[-1]
     yield make
     for server in servers:
@@ -547,3 +555,15 @@ def test_threads_share_a_client(s3_server, bucket):
         thread.join()
     assert failures == []
     assert len(list(client.list("t"))) == 20
+
+
+def test_a_private_ca_file(fake, tmp_path):
+    if which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian: openssl)")
+    cert, key = make_certificate(str(tmp_path))
+    server = fake((200, {"ETag": '"e"'}, b""), tls=(cert, key))
+    assert server.client([], ca_file=cert).head("k").etag == '"e"'
+    pauses = []
+    with pytest.raises(S3Error) as caught:  # the system's CAs do not know it: no retries
+        server.client(pauses).head("k")
+    assert (caught.value.code, pauses) == ("TLSError", [])

@@ -279,6 +279,14 @@ def _object_headers(content_type, metadata):
     return headers
 
 
+def _is_tls_refusal(error):
+    """Return whether a connection failed on TLS itself (a certificate), not on the network."""
+    if isinstance(error, ssl.CertificateError):
+        return True
+    return isinstance(error, ssl.SSLError) and not isinstance(
+        error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError))
+
+
 def backoff(attempt):
     """Return the pause before retry `attempt` (0, 1, ...): exponential, full jitter."""
     return random.uniform(0.5, 1.0) * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
@@ -571,8 +579,12 @@ class S3Client:
             try:
                 response = self._exchange(conn, method, url, signed, body)
                 data = b"" if stream and response.status in ok else response.read()
-            except (OSError, http.client.HTTPException) as ex:
+            except (OSError, http.client.HTTPException, ssl.CertificateError) as ex:
                 conn.close()
+                if _is_tls_refusal(ex):  # a wrong certificate stays wrong: no retry
+                    self.stats.error("TLSError")
+                    raise S3Error(0, "TLSError", "%s: %s" % (self.config.endpoint, ex),
+                                  key=key) from None
                 self.stats.error("ConnectionError")
                 if reused and isinstance(ex, STALE_ERRORS) and not stale_retried:
                     stale_retried = True  # the server closed an idle keep-alive connection
