@@ -167,6 +167,29 @@ def test_multipart_writer_in_constant_memory(client):
     assert list(client.list_multipart_uploads("big")) == []
 
 
+def test_copy_on_the_server(client):
+    client.put("from/a b.txt", b"copied", content_type="text/plain", metadata={"m": "1"})
+    etag = client.copy("from/a b.txt", "to/ü.txt")
+    info = client.head("to/ü.txt")
+    assert (info.etag, info.content_type, info.metadata) == (etag, "text/plain", {"m": "1"})
+    assert client.get_bytes("to/ü.txt", 0, 99) == b"copied"
+    with pytest.raises(NoSuchKey):
+        client.copy("absent", "to/x")
+
+
+def test_copy_in_parts(client):
+    data = pattern(11 * MiB)
+    client.put("whole", data, content_type="image/tiff")
+    client.copy_limit, client.copy_part_size = MiB, 5 * MiB
+    client.copy("whole", "copied")
+    info = client.head("copied")
+    assert (info.size, info.content_type) == (len(data), "image/tiff")
+    assert info.etag.strip('"').endswith("-3")
+    with client.get("copied") as result:
+        assert hashlib.sha256(result.read()).digest() == hashlib.sha256(data).digest()
+    assert client.stats.snapshot()["requests"]["upload_part_copy"] == 3
+
+
 def test_small_writer_is_one_put(client):
     with client.writer("small", part_size=5 * MiB) as writer:
         writer.write(b"tiny")
