@@ -242,6 +242,18 @@ def test_list_and_abort_multipart_uploads(client, s3_server):
     writer.abort()
 
 
+def test_list_multipart_uploads_pages(client):
+    writers = [client.writer("pending/%d" % number, part_size=5 * MiB) for number in range(3)]
+    for writer in writers:
+        writer.write(pattern(5 * MiB + 1))
+    listed = [(key, upload_id) for key, upload_id, _ in
+              client.list_multipart_uploads("pending/", page_size=1)]
+    assert sorted(listed) == sorted((writer.key, writer.upload_id) for writer in writers)
+    for writer in writers:
+        writer.abort()
+    assert list(client.list_multipart_uploads("pending/")) == []
+
+
 def test_wrong_secret_is_access_denied_without_retries(s3_server, bucket):
     pauses = []
     config = s3_server.config(bucket, secret_key="not-the-secret", retries=4)

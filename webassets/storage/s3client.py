@@ -392,20 +392,27 @@ class S3Client:
             if page.findtext("IsTruncated") != "true" or not token:
                 return
 
-    def list_multipart_uploads(self, prefix):
+    def list_multipart_uploads(self, prefix, page_size=None):
         """Yield (key, upload_id, initiated epoch) of each unfinished multipart upload."""
+        params = [("uploads", ""), ("prefix", prefix),
+                  ("max-uploads", str(page_size or self.page_size))]
         markers = []
         while True:
-            page = self._xml("list_uploads", "GET", None,
-                             [("uploads", ""), ("prefix", prefix)] + markers)
+            page = self._xml("list_uploads", "GET", None, params + markers)
+            last = None
             for element in page.findall("Upload"):
-                yield (element.findtext("Key"), element.findtext("UploadId"),
-                       parse_iso_date(element.findtext("Initiated")))
-            key_marker = page.findtext("NextKeyMarker")
-            if page.findtext("IsTruncated") != "true" or not key_marker:
+                last = (element.findtext("Key"), element.findtext("UploadId"))
+                yield last + (parse_iso_date(element.findtext("Initiated")),)
+            if page.findtext("IsTruncated") != "true" or last is None:
                 return
-            markers = [("key-marker", key_marker),
-                       ("upload-id-marker", page.findtext("NextUploadIdMarker") or "")]
+            # COMPAT: send back the markers the server gave. SeaweedFS gives only
+            # NextUploadIdMarker, pages by upload id, and lists nothing after both markers.
+            following = [(name, page.findtext(tag)) for name, tag in (
+                ("key-marker", "NextKeyMarker"), ("upload-id-marker", "NextUploadIdMarker"))
+                if page.findtext(tag)] or [("key-marker", last[0])]
+            if following == markers:
+                raise S3Error(200, "NoProgress", "ListMultipartUploads repeats its page")
+            markers = following
 
     def abort_multipart(self, key, upload_id):
         """Abort one multipart upload, dropping its parts; an unknown upload is no error."""
