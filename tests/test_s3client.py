@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import ssl
 import threading
 import time
@@ -560,6 +561,22 @@ def test_keeps_connections_alive(fake):
         assert result.read(10) == b"y" * 10  # closed early: the connection cannot be reused
     client.head("a")
     assert len(set(server.ports[:4])) == 1 and server.ports[4] != server.ports[3]
+
+
+def test_a_forked_child_opens_its_own_connections(fake):
+    server = fake()
+    client = server.client([])
+    client.head("a")
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            client.head("b")
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    client.head("c")
+    assert [request[1] for request in server.requests] == ["/fake/a", "/fake/b", "/fake/c"]
+    assert server.ports[0] == server.ports[2] != server.ports[1]
 
 
 def test_a_connection_the_server_closed_is_reopened_without_a_retry(fake):

@@ -254,7 +254,7 @@ class GetResult:
 class S3Client:
     """Talk to one bucket: objects, listings and multipart uploads. Thread-safe.
 
-    Each thread keeps its own keep-alive connections. Connection errors, 5xx,
+    Each thread keeps its own keep-alive connections (a forked child opens its own). Connection errors, 5xx,
     RequestTimeout and SlowDown are retried `config.retries` times with backoff
     (then S3Unavailable); 403, 404, 412 and 416 never are. RequestTimeTooSkewed
     corrects clock_offset (server Date - local clock) and retries once.
@@ -270,6 +270,7 @@ class S3Client:
         self.copy_limit = COPY_LIMIT
         self.copy_part_size = COPY_PART_SIZE
         self._local = threading.local()
+        self._pid = os.getpid()
         self._ssl = None
         if config.scheme == "https":
             self._ssl = ssl.create_default_context(cafile=config.ca_file)
@@ -578,6 +579,9 @@ class S3Client:
 
     def _checkout(self, host):
         """Return (an idle connection to `host` of this thread or a new one, reused?)."""
+        if self._pid != os.getpid():
+            # A forked worker must not share its parent's sockets: start its own.
+            self._local, self._pid = threading.local(), os.getpid()
         idle = getattr(self._local, "idle", None)
         if idle is None:
             idle = self._local.idle = {}
