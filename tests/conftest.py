@@ -2,9 +2,12 @@
 
 import pytest
 
-from tests import fakes
+from tests import fakes, stores
 from tests.helpers import CONVERT, DATE, NOW, convert_image, make_app
 from webassets import samples
+
+# The stores `backend` runs a test on: the local one, then S3Store on an in-memory client.
+STORE_BACKENDS = ("file", "s3-fake")
 
 
 @pytest.fixture
@@ -36,3 +39,11 @@ def images():
         ".heif": heic,
         ".pdf": samples.pdf(),  # ImageMagick's policy here forbids writing PDF
     }
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def backend(request):
+    """Return the store a test app is built on (tests.stores): each test runs on each."""
+    if request.param == "file":
+        return stores.LocalBackend()
+    return stores.FakeS3Backend()

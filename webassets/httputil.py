@@ -267,10 +267,17 @@ def _http_time(value):
         return None  # a date we cannot read (year 99999, ...): send the file
 
 
+def _etags(header):
+    """Return the tags of an If-None-Match header as a tuple ('*' is one), None if absent."""
+    if header is None:
+        return None
+    return tuple(tag.strip() for tag in header.split(","))
+
+
 def _not_modified(request, etag, mtime):
-    match = request.header("If-None-Match")
-    if match is not None:
-        return match.strip() == "*" or etag in [tag.strip() for tag in match.split(",")]
+    tags = _etags(request.header("If-None-Match"))
+    if tags is not None:
+        return tags == ("*",) or etag in tags
     since = _http_time(request.header("If-Modified-Since"))
     return since is not None and int(mtime) <= since
 
@@ -336,12 +343,11 @@ def read_options(request):
     """
     range_header = request.header("Range")
     bounds = _range_bounds(range_header) if range_header else None
-    match = request.header("If-None-Match")
+    tags = _etags(request.header("If-None-Match"))
     return ReadOptions(
         head=request.method == "HEAD", range=bounds,
-        if_range=request.header("If-Range") if bounds is not None else None,
-        if_none_match=match.strip() if match is not None else None,
-        if_modified_since=_http_time(request.header("If-Modified-Since")) if match is None else None)
+        if_range=request.header("If-Range") if bounds is not None else None, if_none_match=tags,
+        if_modified_since=_http_time(request.header("If-Modified-Since")) if tags is None else None)
 
 
 class Offload(NamedTuple):

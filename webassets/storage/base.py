@@ -34,6 +34,20 @@ class MissingFile(StorageError):
     """The named original or file does not exist."""
 
 
+class StoreUnavailable(StorageError):
+    """The store cannot be reached now (a remote store's connection or 5xx); retry later."""
+
+    retry_after = 5
+
+
+class StoreFailed(StorageError):
+    """The store refused or failed an operation (e.g. a bucket's access denied)."""
+
+
+class BadUpload(StorageError):
+    """An upload cannot be stored as sent (its name changed after its file part)."""
+
+
 def check_name(name, what="filename"):
     """Return `name` if it is one safe path component, else raise UnsafeName.
 
@@ -92,13 +106,14 @@ class ReadOptions(NamedTuple):
 
     `range` is one byte range (first, last) as the client wrote it, either bound None when
     absent (bytes=5- is (5, None), bytes=-3 is (None, 3)); None for the whole file. `if_range`
-    is the If-Range ETag; `if_modified_since` an epoch time, only without `if_none_match`.
+    is the If-Range ETag; `if_none_match` the If-None-Match tags ('*' is one); and
+    `if_modified_since` an epoch time, only without `if_none_match`.
     """
 
     head: bool = False
     range: Optional[Tuple[Optional[int], Optional[int]]] = None
     if_range: Optional[str] = None
-    if_none_match: Optional[str] = None
+    if_none_match: Optional[Tuple[str, ...]] = None
     if_modified_since: Optional[float] = None
 
 
