@@ -221,9 +221,9 @@ class FileStore(Store):
                               thumbnails=self._local(area.thumbnails))
                 for area in self.layout.areas(coll)]
 
-    def check_collection(self, coll):
-        """Return None if `coll` is a known collection; UnknownCollection otherwise."""
-        self.layout.root(coll)
+    def collections(self):
+        """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
+        return self.layout.collections()
 
     def stat(self, coll, name, kind=ORIGINAL):
         """Return the FileInfo of a stored file; MissingFile if there is none."""

@@ -26,6 +26,10 @@ class Layout:
         self.thumb_dir = thumb_dir.replace("\\", "/")
         self.collection_dirs = collection_dirs
 
+    def collections(self):
+        """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
+        return None if self.collection_dirs is None else sorted(self.collection_dirs)
+
     def root(self, coll):
         """Return `coll`'s directory ('' without COLLECTION_DIRS); UnknownCollection."""
         if self.collection_dirs is None:

@@ -245,9 +245,9 @@ class S3Store(Store):
                               thumbnails=self.prefix + area.thumbnails + "/")
                 for area in self.layout.areas(coll)]
 
-    def check_collection(self, coll):
-        """Return None if `coll` is a known collection; UnknownCollection otherwise."""
-        self.layout.root(coll)
+    def collections(self):
+        """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
+        return self.layout.collections()
 
     # -- reading
 
