@@ -4,6 +4,8 @@ import pytest
 
 from tests import fakes, stores
 from tests.helpers import CONVERT, DATE, NOW, convert_image, make_app
+# The real S3 servers: session fixtures, started on first use, stopped at the end.
+from tests.s3servers import moto, s3_server, seaweedfs  # noqa: F401
 from webassets import samples
 
 # The stores `backend` runs a test on: the local one, then S3Store on an in-memory client.
