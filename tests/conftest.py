@@ -8,8 +8,8 @@ from tests.helpers import CONVERT, DATE, NOW, convert_image, make_app
 from tests.s3servers import moto, s3_server, seaweedfs  # noqa: F401
 from webassets import samples
 
-# The stores `backend` runs a test on: the local one, then S3Store on an in-memory client.
-STORE_BACKENDS = ("file", "s3-fake")
+# The stores `backend` runs a test on: the local one, then S3Store on each real S3 server.
+STORE_BACKENDS = ("file",) + stores.S3_SERVERS
 
 
 @pytest.fixture
@@ -48,4 +48,4 @@ def backend(request):
     """Return the store a test app is built on (tests.stores): each test runs on each."""
     if request.param == "file":
         return stores.LocalBackend()
-    return stores.FakeS3Backend()
+    return stores.S3Backend.on(request.param, request.getfixturevalue(request.param))

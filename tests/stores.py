@@ -43,10 +43,19 @@ class FakeS3Backend(LocalBackend):
 class S3Backend(LocalBackend):
     """S3Store on a real server (tests/s3servers.py), in one bucket, a prefix per app."""
 
+    _buckets = {}  # server name -> the session's bucket on it
+
     def __init__(self, name, server, bucket):
         self.name = name
         self.server = server
         self.bucket = bucket
+
+    @classmethod
+    def on(cls, name, server):
+        """Return the backend on `server` (a session fixture), in the session's bucket there."""
+        if name not in cls._buckets:
+            cls._buckets[name] = server.new_bucket("proto")
+        return cls(name, server, cls._buckets[name])
 
     def overrides(self):
         server = self.server

@@ -580,12 +580,13 @@ def old_sp6_put(app, coll, content=b"x", name=U6, **kwargs):
 
 def store_dirs(app, *dirs):
     """Return {directory: its originals} for COLLECTION_DIRS directories `dirs`."""
-    return {d: listing(os.path.join(app.settings.BASE_DIR, d, "originals")) for d in dirs}
+    coll_of = {directory: coll for coll, directory in app.settings.COLLECTION_DIRS.items()}
+    return {d: stored(app, coll=coll_of[d]) for d in dirs}
 
 
 @configs("C")
-def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces", "Colección Aves": "aves"})
+def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={PECES: "peces", "Colección Aves": "aves"})
     body, _ = sp6_upload(U6, b"x", T(app, U6), coll=PECES_ASCII, coll_charset=None)
     assert (b'name="coll"\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit'
             b'\r\n\r\nColecci?n Peces\r\n') in body
@@ -605,10 +606,10 @@ def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog):
 
 
 @configs("C")
-def test_29_old_sp6_collection_file_first(tmp_path, cfg):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces"})
+def test_29_old_sp6_collection_file_first(tmp_path, cfg, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={PECES: "peces"})
     put_ok(app, U7, b"x", coll=PECES_ASCII)  # judged after the file: staged, then published
-    assert snapshot(tmp_path / "store") == {os.path.join("peces", "originals", U7): b"x"}
+    assert store_snapshot(app) == {os.path.join("peces", "originals", U7): b"x"}
 
 
 @configs("C")
@@ -622,20 +623,20 @@ def test_29_old_sp6_collection_file_first(tmp_path, cfg):
     ({"Peces ¿Qué?": "a"}, "Peces ?Qu??", "a"),  # '?' of its own and for non-ASCII
     ({"Peces 🐟": "a", "Peces": "b"}, "Peces ?", "a"),  # one '?' per code point
 ])
-def test_29_old_sp6_collection_matches_only_one(tmp_path, cfg, dirs, coll, stored):
-    app = build(tmp_path, cfg, COLLECTION_DIRS=dirs)
+def test_29_old_sp6_collection_matches_only_one(tmp_path, cfg, dirs, coll, stored, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS=dirs)
     res = old_sp6_put(app, coll)
     if stored is None:
         assert (res.status, res.body) == (404, ("Unknown collection: %r\n" % coll).encode())
-        assert snapshot(tmp_path) == {}
+        assert everything(tmp_path, app) == {}
     else:
         assert res.status == 200, res
         assert store_dirs(app, *sorted(set(dirs.values())))[stored] == [U6]
 
 
 @configs("C")
-def test_29_old_sp6_collection_only_on_upload(tmp_path, cfg):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces"})
+def test_29_old_sp6_collection_only_on_upload(tmp_path, cfg, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={PECES: "peces"})
     assert old_sp6_put(app, PECES_ASCII).status == 200
     query = [("filename", U6), ("token", T(app, U6)), ("coll", PECES_ASCII)]
     assert get(app, "/fileget", query + [("type", "O")]).status == 404
