@@ -6,6 +6,7 @@ at the end of the session; without them a test is skipped, under CI=true it fail
 """
 
 import hashlib
+import glob
 import itertools
 import json
 import logging
@@ -87,6 +88,7 @@ class S3Server:
         self.region = REGION
         self.access_key = access_key
         self.secret_key = secret_key
+        self.leftovers = []  # glob patterns of files it leaves outside workdir
 
     def __repr__(self):
         return "<S3Server %s %s>" % (self.name, self.endpoint)
@@ -146,6 +148,9 @@ class S3Server:
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.workdir, ignore_errors=True)
+        for pattern in self.leftovers:
+            for path in glob.glob(pattern):
+                os.unlink(path)
 
 
 def _spawn(command, workdir, env=None):
@@ -176,14 +181,17 @@ def start_seaweedfs():
     ports = dict(zip(names, free_ports(len(names))))
     admin = free_ports(1, offset=GRPC_OFFSET)[0]
     ports.update({"admin.port": admin, "admin.port.grpc": admin + GRPC_OFFSET})
-    command = [weed, "mini", "-dir=" + os.path.join(workdir, "data"), "-ip=127.0.0.1",
+    command = [weed, "-logdir=" + workdir, "mini", "-dir=" + os.path.join(workdir, "data"), "-ip=127.0.0.1",
                "-ip.bind=127.0.0.1", "-s3.config=" + os.path.join(workdir, "s3.json"),
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
                "-master.telemetry=false", "-filer.localSocket=" + os.path.join(workdir, "f.sock"),
                "-s3.localSocket=" + os.path.join(workdir, "s3.sock")]
     command += ["-%s=%d" % item for item in sorted(ports.items())]
-    server = S3Server("seaweedfs", _spawn(command, workdir), workdir,
+    # TMPDIR: weed puts its gRPC unix sockets there; they go with the work directory.
+    server = S3Server("seaweedfs", _spawn(command, workdir, {"TMPDIR": workdir}), workdir,
                       "http://127.0.0.1:%d" % ports["s3.port"], access_key, secret_key)
+    # weed names some gRPC unix sockets /tmp/seaweedfs-<component>-grpc-<port>.sock.
+    server.leftovers = ["/tmp/seaweedfs-*-%d.sock" % port for port in ports.values()]
     server.wait_ready()
     return server
 
