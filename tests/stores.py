@@ -1,11 +1,13 @@
 """The stores a test app runs on (local, S3 servers), and what a test sees of a store's files."""
 
 import os
+import time
 import uuid
 
 from tests.fake_s3 import FakeS3Client
-from tests.helpers import COLL
+from tests.helpers import COLL, make_settings
 from webassets import storage
+from webassets.app import create_app
 from webassets.storage import factory
 from webassets.storage.s3 import S3Store
 
@@ -63,6 +65,13 @@ class S3Backend(LocalBackend):
                 "S3_REGION": server.region, "S3_ACCESS_KEY": server.access_key,
                 "S3_SECRET_KEY": server.secret_key, "S3_ADDRESSING": "path",
                 "S3_PREFIX": "t-%s/" % uuid.uuid4().hex[:12], "S3_PART_SIZE": SMALL_PART}
+
+
+def app_on(backend, base_dir, clock=time.time, tools=None, **overrides):
+    """Return a real app on `backend`'s store (CFG-A and `overrides`; BASE_DIR `base_dir`)."""
+    values = dict(backend.overrides(), **overrides)
+    settings = make_settings(base_dir, **values)
+    return create_app(settings, store=backend.store(settings), clock=clock, tools=tools)
 
 
 def is_s3(app):

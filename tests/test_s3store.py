@@ -10,7 +10,7 @@ from tests.fake_s3 import FakeS3Client
 from tests.fakes import ASCII, FakeInput, tiff_block, with_exif
 from tests.helpers import (COLL, DATE, SP7_BOUNDARY, U6, U7, make_settings, multipart_body,
                            needs_convert, sp6_upload, sp7_upload)
-from tests.stores import S3Backend, store_snapshot, stored
+from tests.stores import S3Backend, store_snapshot
 from tests.test_protocol import build, fileget, pseudo_random, put_ok, raw_post, req, thumb, T
 from webassets import config, storage
 from webassets.app import create_app

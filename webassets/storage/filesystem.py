@@ -10,7 +10,7 @@ import tempfile
 
 from .base import (ORIGINAL, THUMBNAIL, COPY_CHUNK, UPLOAD_PREFIX, TEMP_SUFFIX, TEMP_PREFIXES,
                    FileInfo, MissingFile, Store, StoredFile, UnsafeName, check_name, fresh_by_mtime)
-from .layout import Area, Layout
+from .layout import Layout
 
 logger = logging.getLogger(__name__)
 
