@@ -34,7 +34,12 @@ def _source(args):
 
 
 def prepare_store(settings):
-    """Create BASE_DIR if needed and check it is writable; raise ConfigError otherwise."""
+    """Create BASE_DIR if needed and check it is writable; raise ConfigError otherwise.
+
+    A bucket (STORAGE = 's3') needs nothing created: /readyz and `check` report its access.
+    """
+    if settings.STORAGE == "s3":
+        return
     try:
         os.makedirs(settings.BASE_DIR, exist_ok=True)
     except OSError as ex:
@@ -47,7 +52,7 @@ def _existing_store(settings):
     """Return the app over an existing BASE_DIR (never created here); ConfigError if missing."""
     from .app import create_app
 
-    if not os.path.isdir(settings.BASE_DIR):
+    if settings.STORAGE == "local" and not os.path.isdir(settings.BASE_DIR):
         raise config.ConfigError("BASE_DIR %s does not exist (is the volume mounted?)"
                                  % settings.BASE_DIR)
     return create_app(settings)
@@ -77,7 +82,7 @@ def cmd_serve(args):
         logger.info("webassets %s listening on %s:%d (%d process(es) x %d request slots), "
                     "store %s",
                     __version__, settings.BIND_ADDRESS, server.server_port, processes,
-                    settings.WORKERS, settings.BASE_DIR)
+                    settings.WORKERS, app.store.label)
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
                     settings.public_base())
 

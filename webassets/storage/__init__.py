@@ -2,11 +2,13 @@
 
 from .base import (KINDS, ORIGINAL, THUMBNAIL, MAX_NAME_BYTES, UPLOAD_PREFIX, RENDER_PREFIX,
                    TEMP_SUFFIX, TEMP_PREFIXES, COPY_CHUNK, StorageError, UnsafeName,
-                   UnknownCollection, MissingFile, as_us_ascii, legacy_collection, check_name,
-                   FileInfo, StoredFile, Store)
-from .filesystem import FILE_MODE, Area, StagedFile, FileStore, open_local
+                   UnknownCollection, MissingFile, StoreUnavailable, StoreFailed, BadUpload,
+                   as_us_ascii, legacy_collection, check_name, fresh_by_mtime, FileInfo,
+                   ReadOptions, StoredFile, Store)
+from .filesystem import FILE_MODE, StagedFile, FileStore, open_local
+from .layout import Area, Layout
 
-__all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile", "as_us_ascii",
-           "legacy_collection", "check_name", "FileInfo", "StoredFile", "open_local", "Store",
-           "FileStore",
+__all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile", "StoreUnavailable",
+           "StoreFailed", "BadUpload", "as_us_ascii", "legacy_collection", "check_name",
+           "FileInfo", "ReadOptions", "StoredFile", "open_local", "Store", "FileStore",
            "ORIGINAL", "THUMBNAIL", "TEMP_PREFIXES"]

@@ -7,10 +7,10 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import NamedTuple
 
 from .base import (ORIGINAL, THUMBNAIL, COPY_CHUNK, UPLOAD_PREFIX, TEMP_SUFFIX, TEMP_PREFIXES,
-                   FileInfo, MissingFile, Store, StoredFile, UnknownCollection, UnsafeName, check_name)
+                   FileInfo, MissingFile, Store, StoredFile, UnsafeName, check_name, fresh_by_mtime)
+from .layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,6 @@ def _fsync_dir(path):
         pass  # NOTE: some filesystems refuse fsync on directories; the rename still happened.
     finally:
         os.close(fd)
-
-
-class Area(NamedTuple):
-    """One collection directory of a FileStore: where its originals and thumbnails are."""
-
-    label: str  # its directory under BASE_DIR; '.' when COLLECTION_DIRS is None
-    colls: tuple  # the collections kept there
-    originals: str
-    thumbnails: str
 
 
 class StagedFile:
@@ -147,26 +138,23 @@ class FileStore(Store):
 
     def __init__(self, base_dir, orig_dir="originals", thumb_dir="thumbnails", collection_dirs=None):
         self.base_dir = os.path.abspath(base_dir)
+        self.label = self.base_dir  # what the logs call this store
         self.orig_dir = orig_dir
         self.thumb_dir = thumb_dir
         self.collection_dirs = collection_dirs
+        self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
 
-    def _collection_root(self, coll):
-        if self.collection_dirs is None:
-            # COMPAT: with COLLECTION_DIRS = None the coll parameter is ignored.
-            return self.base_dir
-        try:
-            return os.path.join(self.base_dir, self.collection_dirs[coll])
-        except KeyError:
-            raise UnknownCollection("Unknown collection: %r" % (coll,)) from None
+    def _local(self, relative):
+        """Return the local path of a Layout directory (relative, '/'-separated)."""
+        return os.path.join(self.base_dir, *relative.split("/"))
 
     def originals_dir(self, coll):
         """Return the local directory of `coll`'s originals; UnknownCollection if unknown."""
-        return os.path.join(self._collection_root(coll), self.orig_dir)
+        return self._directory(coll, ORIGINAL)
 
     def thumbnails_dir(self, coll):
         """Return the local directory of `coll`'s thumbnails; UnknownCollection if unknown."""
-        return os.path.join(self._collection_root(coll), self.thumb_dir)
+        return self._directory(coll, THUMBNAIL)
 
     def original_path(self, coll, name):
         """Return the local path of an original (it may not exist); UnsafeName, UnknownCollection."""
@@ -225,29 +213,17 @@ class FileStore(Store):
         return usage.free, usage.total
 
     def areas(self, coll=None):
-        """Return the collection directories (Area), or only `coll`'s; UnknownCollection.
+        """Return the collection directories (Area, local paths), or only `coll`'s.
 
-        Collections that share a directory share one Area.
+        Collections that share a directory share one Area; UnknownCollection.
         """
-        if self.collection_dirs is None:
-            # COMPAT: without COLLECTION_DIRS every collection is the one store.
-            return [Area(".", (), self.originals_dir(None), self.thumbnails_dir(None))]
-        wanted = self.originals_dir(coll) if coll is not None else None
-        by_dir = {}
-        for name, directory in self.collection_dirs.items():
-            by_dir.setdefault(directory, []).append(name)
-        found = []
-        for directory, colls in sorted(by_dir.items()):
-            first = sorted(colls)[0]
-            area = Area(directory, tuple(sorted(colls)), self.originals_dir(first),
-                        self.thumbnails_dir(first))
-            if wanted is None or area.originals == wanted:
-                found.append(area)
-        return found
+        return [area._replace(originals=self._local(area.originals),
+                              thumbnails=self._local(area.thumbnails))
+                for area in self.layout.areas(coll)]
 
     def collections(self):
         """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
-        return None if self.collection_dirs is None else sorted(self.collection_dirs)
+        return self.layout.collections()
 
     def stat(self, coll, name, kind=ORIGINAL):
         """Return the FileInfo of a stored file; MissingFile if there is none."""
@@ -256,8 +232,11 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             raise MissingFile("File does not exist.") from None
 
-    def open(self, coll, name, kind=ORIGINAL):
-        """Open a stored file for reading: a StoredFile; MissingFile if there is none."""
+    def open(self, coll, name, kind=ORIGINAL, options=None):
+        """Open a stored file for reading: the whole file (the HTTP layer applies `options`).
+
+        MissingFile if there is none.
+        """
         return open_local(self._path(coll, name, kind))
 
     @contextlib.contextmanager
@@ -275,11 +254,11 @@ class FileStore(Store):
         """Return the file's path relative to BASE_DIR, '/'-separated (for /static URLs)."""
         return self.relative(self._path(coll, name, kind))
 
-    def open_static(self, relpath):
-        """Open the file a /static/<relpath> names; UnsafeName, MissingFile."""
+    def open_static(self, relpath, options=None):
+        """Open the file a /static/<relpath> names (as open()); UnsafeName, MissingFile."""
         return open_local(self.static_path(relpath))
 
-    def stage(self, coll=None, known_coll=False):
+    def stage(self, coll=None, known_coll=False, name=None):
         """Start an upload: a StagedFile in the target directory when it is known.
 
         With COLLECTION_DIRS set and the collection not yet known (Specify 7
@@ -295,8 +274,11 @@ class FileStore(Store):
         """Publish a StagedFile as the original `name`, replacing any previous version."""
         staged.commit(self.original_path(coll, name))
 
-    def save_thumbnail(self, coll, name, local_file):
-        """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem)."""
+    def save_thumbnail(self, coll, name, local_file, source=None):
+        """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem).
+
+        The renderer dated `local_file` no earlier than `source`, which makes it fresh.
+        """
         target = self.thumbnail_path(coll, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
@@ -310,6 +292,13 @@ class FileStore(Store):
                 mtime_ns = os.stat(local_file).st_mtime_ns
                 os.utime(staged.path, ns=(mtime_ns, mtime_ns))
                 staged.commit(target)
+
+    def thumbnail_is_fresh(self, coll, name, source):
+        """Tell whether thumbnail `name` exists and is dated no earlier than `source`."""
+        try:
+            return fresh_by_mtime(self.stat(coll, name, THUMBNAIL), source)
+        except MissingFile:
+            return False
 
     def delete_thumbnail(self, coll, name):
         """Delete one thumbnail; MissingFile if there is no such thumbnail."""
@@ -362,11 +351,7 @@ class FileStore(Store):
             return []
 
     def _directory(self, coll, kind):
-        if kind == ORIGINAL:
-            return self.originals_dir(coll)
-        if kind == THUMBNAIL:
-            return self.thumbnails_dir(coll)
-        raise ValueError("unknown kind of file: %r" % (kind,))
+        return self._local(self.layout.directory(coll, kind))
 
     def static_path(self, relpath):
         """Resolve a /static/<relpath> under BASE_DIR; UnsafeName if it could leave it."""
