@@ -235,7 +235,8 @@ class GetResult:
             return
         reply, self._reply = self._reply, None
         response = reply.response
-        if not response.isclosed() and (response.length or 0) <= DRAIN_LIMIT:
+        if not response.isclosed() and response.length is not None \
+                and response.length <= DRAIN_LIMIT:  # (a chunked rest is never drained)
             try:
                 response.read()
             except (OSError, http.client.HTTPException):
@@ -254,10 +255,10 @@ class GetResult:
 class S3Client:
     """Talk to one bucket: objects, listings and multipart uploads. Thread-safe.
 
-    Each thread keeps its own keep-alive connections (a forked child opens its own). Connection errors, 5xx,
-    RequestTimeout and SlowDown are retried `config.retries` times with backoff
-    (then S3Unavailable); 403, 404, 412 and 416 never are. RequestTimeTooSkewed
-    corrects clock_offset (server Date - local clock) and retries once.
+    Each thread keeps its own keep-alive connections (a forked child opens its own).
+    Connection errors, 5xx, RequestTimeout and SlowDown are retried `config.retries`
+    times with backoff (then S3Unavailable); 403, 404, 412 and 416 never are.
+    RequestTimeTooSkewed corrects clock_offset (server Date - local clock) and retries once.
     """
 
     def __init__(self, config, clock=time.time, sleep=time.sleep):
@@ -273,7 +274,11 @@ class S3Client:
         self._pid = os.getpid()
         self._ssl = None
         if config.scheme == "https":
-            self._ssl = ssl.create_default_context(cafile=config.ca_file)
+            try:
+                self._ssl = ssl.create_default_context(cafile=config.ca_file)
+            except (OSError, ssl.SSLError) as ex:
+                raise S3ConfigError("S3 CA file %s cannot be used: %s"
+                                    % (config.ca_file, ex)) from None
 
     # --- objects
 
