@@ -461,6 +461,17 @@ def test_retries_5xx_and_resends_a_file_body(fake):
     assert len(pauses) == 2 and 0 < pauses[0] <= pauses[1] * 2
 
 
+@pytest.mark.parametrize("answer", [
+    error(500, "InternalError"), (502, {}, b""), error(503, "SlowDown"), (504, {}, b"<html/>"),
+    error(400, "RequestTimeout"), error(503, "ServiceUnavailable"),
+])
+def test_retries_each_transient_answer(fake, answer):
+    server = fake(answer, (200, {}, b"body"))
+    pauses = []
+    assert server.client(pauses).get_bytes("k", 0, 9) == b"body"
+    assert len(server.requests) == 2 and len(pauses) == 1
+
+
 def test_gives_up_after_the_retries(fake):
     server = fake(*[error(500, "InternalError")] * 4)
     pauses = []
