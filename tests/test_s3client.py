@@ -283,6 +283,19 @@ def test_clock_skew_is_corrected(s3_server, bucket):
     assert late.stats.snapshot()["errors"] in ({}, {"RequestTimeTooSkewed": 1})
 
 
+def test_session_token_on_moto(moto):
+    bucket = moto.new_bucket()
+    access_key, secret_key, token = moto.assume_role()
+    temporary = moto.client(bucket, access_key=access_key, secret_key=secret_key,
+                            session_token=token)
+    temporary.put("k", b"with a session token")
+    assert temporary.get_bytes("k", 0, 99) == b"with a session token"
+    for wrong in ("not-the-token", None):
+        with pytest.raises(AccessDenied):
+            moto.client(bucket, access_key=access_key, secret_key=secret_key,
+                        session_token=wrong).put("k", b"refused")
+
+
 # --------------------------------------------------------------------------- pure parts
 
 def test_sigv4_matches_aws_documented_examples():
