@@ -17,7 +17,7 @@ from . import sigv4
 from .s3wire import (STATUS_CODES, AccessDenied, InvalidRange, NoSuchKey, ObjectInfo,
                      PreconditionFailed, S3ConfigError, S3Error, S3Unavailable, error_class,
                      listed_info, object_headers, object_info, parse_content_range,
-                     parse_http_date, parse_iso_date, parse_xml)
+                     parse_http_date, parse_iso_date, parse_xml, quote_etag)
 
 __all__ = ["S3Config", "S3Client", "MultipartWriter", "GetResult", "ObjectInfo", "Stats",
            "S3Error", "S3ConfigError", "NoSuchKey", "AccessDenied", "PreconditionFailed",
@@ -29,6 +29,8 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
 SEND_CHUNK = MiB
 PAGE_SIZE = 1000  # ListObjectsV2's own maximum
+COPY_LIMIT = 5 * 1024 * MiB  # CopyObject's maximum; larger objects are copied in parts
+COPY_PART_SIZE = 512 * MiB
 BACKOFF_BASE = 0.1  # seconds before the first retry; doubles with each
 BACKOFF_CAP = 5.0
 SKEW_STEP = 2.0  # Date has whole seconds: a smaller difference is no news
@@ -252,7 +254,7 @@ class GetResult:
 class S3Client:
     """Talk to one bucket: objects, listings and multipart uploads. Thread-safe.
 
-    Each thread keeps its own keep-alive connections. Connection errors, 5xx,
+    Each thread keeps its own keep-alive connections (a forked child opens its own). Connection errors, 5xx,
     RequestTimeout and SlowDown are retried `config.retries` times with backoff
     (then S3Unavailable); 403, 404, 412 and 416 never are. RequestTimeTooSkewed
     corrects clock_offset (server Date - local clock) and retries once.
@@ -265,7 +267,10 @@ class S3Client:
         self.clock_offset = 0.0
         self.stats = Stats()
         self.page_size = PAGE_SIZE
+        self.copy_limit = COPY_LIMIT
+        self.copy_part_size = COPY_PART_SIZE
         self._local = threading.local()
+        self._pid = os.getpid()
         self._ssl = None
         if config.scheme == "https":
             self._ssl = ssl.create_default_context(cafile=config.ca_file)
@@ -334,6 +339,27 @@ class S3Client:
         except NoSuchKey:
             pass
 
+    def copy(self, source, target):
+        """Copy object `source` to `target` on the server (no bytes pass through here).
+
+        Content-Type and metadata go along. Return the new ETag; NoSuchKey if
+        `source` is absent. Objects over copy_limit (S3's 5 GiB) are copied in parts.
+        """
+        info = self.head(source)
+        if info.size > self.copy_limit:
+            with self.writer(target, info.content_type, info.metadata) as writer:
+                for start in range(0, info.size, self.copy_part_size):
+                    writer.copy_part(source, start,
+                                     min(info.size, start + self.copy_part_size) - 1)
+                return writer.commit()
+        reply = self._request("copy", "PUT", target, body=_Body(b""), error_in_body=True,
+                              headers={"x-amz-copy-source": self.copy_source(source)})
+        return quote_etag(parse_xml(reply.data, reply.status, target).findtext("ETag"))
+
+    def copy_source(self, key):
+        """Return the x-amz-copy-source value naming `key` of this bucket."""
+        return sigv4.uri_encode(self.config.bucket + "/" + key, keep_slash=True)
+
     def writer(self, key, content_type=None, metadata=None, part_size=DEFAULT_PART_SIZE):
         """Return a MultipartWriter storing what is written under `key` on commit()."""
         return MultipartWriter(self, key, content_type, metadata, part_size)
@@ -367,20 +393,27 @@ class S3Client:
             if page.findtext("IsTruncated") != "true" or not token:
                 return
 
-    def list_multipart_uploads(self, prefix):
+    def list_multipart_uploads(self, prefix, page_size=None):
         """Yield (key, upload_id, initiated epoch) of each unfinished multipart upload."""
+        params = [("uploads", ""), ("prefix", prefix),
+                  ("max-uploads", str(page_size or self.page_size))]
         markers = []
         while True:
-            page = self._xml("list_uploads", "GET", None,
-                             [("uploads", ""), ("prefix", prefix)] + markers)
+            page = self._xml("list_uploads", "GET", None, params + markers)
+            last = None
             for element in page.findall("Upload"):
-                yield (element.findtext("Key"), element.findtext("UploadId"),
-                       parse_iso_date(element.findtext("Initiated")))
-            key_marker = page.findtext("NextKeyMarker")
-            if page.findtext("IsTruncated") != "true" or not key_marker:
+                last = (element.findtext("Key"), element.findtext("UploadId"))
+                yield last + (parse_iso_date(element.findtext("Initiated")),)
+            if page.findtext("IsTruncated") != "true" or last is None:
                 return
-            markers = [("key-marker", key_marker),
-                       ("upload-id-marker", page.findtext("NextUploadIdMarker") or "")]
+            # COMPAT: send back the markers the server gave. SeaweedFS gives only
+            # NextUploadIdMarker, pages by upload id, and lists nothing after both markers.
+            following = [(name, page.findtext(tag)) for name, tag in (
+                ("key-marker", "NextKeyMarker"), ("upload-id-marker", "NextUploadIdMarker"))
+                if page.findtext(tag)] or [("key-marker", last[0])]
+            if following == markers:
+                raise S3Error(200, "NoProgress", "ListMultipartUploads repeats its page")
+            markers = following
 
     def abort_multipart(self, key, upload_id):
         """Abort one multipart upload, dropping its parts; an unknown upload is no error."""
@@ -546,6 +579,9 @@ class S3Client:
 
     def _checkout(self, host):
         """Return (an idle connection to `host` of this thread or a new one, reused?)."""
+        if self._pid != os.getpid():
+            # A forked worker must not share its parent's sockets: start its own.
+            self._local, self._pid = threading.local(), os.getpid()
         idle = getattr(self._local, "idle", None)
         if idle is None:
             idle = self._local.idle = {}
@@ -613,23 +649,42 @@ class MultipartWriter:
             self.peak_buffered = max(self.peak_buffered, len(self._buffer))
         return len(data)
 
-    def _send_part(self):
-        client = self.client
+    def _next_part(self):
+        """Start the multipart upload if need be; return [(partNumber, n), (uploadId, id)]."""
         if self.upload_id is None:
-            reply = client._request("create_multipart", "POST", self.key, [("uploads", "")],
-                                    headers=dict(self._headers), body=_Body(b""))
+            reply = self.client._request("create_multipart", "POST", self.key,
+                                         [("uploads", "")], headers=dict(self._headers),
+                                         body=_Body(b""))
             page = parse_xml(reply.data, reply.status, self.key)
             self.upload_id = page.findtext("UploadId")
             if not self.upload_id:
                 raise S3Error(200, "NoUploadId", "CreateMultipartUpload gave no UploadId",
                               key=self.key)
-        number = len(self._parts) + 1
-        reply = client._request("upload_part", "PUT", self.key,
-                                [("partNumber", str(number)), ("uploadId", self.upload_id)],
-                                body=_Body(self._buffer))
-        self._parts.append((number, reply.headers.get("ETag", "")))
+        return [("partNumber", str(len(self._parts) + 1)), ("uploadId", self.upload_id)]
+
+    def _send_part(self):
+        params = self._next_part()
+        reply = self.client._request("upload_part", "PUT", self.key, params,
+                                     body=_Body(self._buffer))
+        self._parts.append((len(self._parts) + 1, reply.headers.get("ETag", "")))
         self.uploaded += len(self._buffer)
         del self._buffer[:]
+
+    def copy_part(self, source, start, end):
+        """Add bytes start..end (inclusive) of object `source` as the next part, copied
+        by the server (UploadPartCopy); only before anything is written."""
+        if self._state != "open" or self._buffer:
+            raise ValueError("copy_part into a %s S3 upload" % (
+                "written" if self._state == "open" else self._state))
+        params = self._next_part()
+        headers = {"x-amz-copy-source": self.client.copy_source(source),
+                   "x-amz-copy-source-range": "bytes=%d-%d" % (start, end)}
+        reply = self.client._request("upload_part_copy", "PUT", self.key, params,
+                                     headers=headers, body=_Body(b""), error_in_body=True)
+        etag = quote_etag(parse_xml(reply.data, reply.status, self.key).findtext("ETag"))
+        self._parts.append((len(self._parts) + 1, etag))
+        self.size += end - start + 1
+        self.uploaded += end - start + 1
 
     def commit(self):
         """Store what was written under the key; return its ETag (S3Error: aborted)."""
@@ -662,7 +717,7 @@ class MultipartWriter:
         reply = self.client._request("complete_multipart", "POST", self.key,
                                      [("uploadId", self.upload_id)],
                                      body=_Body(body.encode("ascii")), error_in_body=True)
-        etag = parse_xml(reply.data, reply.status, self.key).findtext("ETag") or ""
+        etag = quote_etag(parse_xml(reply.data, reply.status, self.key).findtext("ETag"))
         if not etag.strip('"'):
             # COMPAT: Ceph RGW can answer Complete with an empty ETag.
             etag = self.client.head(self.key).etag

@@ -113,6 +113,14 @@ def parse_xml(data, status=200, key=None):
     return root
 
 
+def quote_etag(etag):
+    """Return an ETag from an XML answer quoted as in headers (some servers leave it bare)."""
+    etag = (etag or "").strip()
+    if etag and not etag.startswith(('"', "W/")):
+        return '"%s"' % etag
+    return etag
+
+
 def parse_http_date(value):
     """Return the epoch seconds of an HTTP date, or None if there is none or it is bad."""
     parsed = email.utils.parsedate_tz(value) if value else None
@@ -144,7 +152,7 @@ def object_info(key, headers, size):
 
 def listed_info(element):
     return ObjectInfo(element.findtext("Key"), int(element.findtext("Size") or 0),
-                      element.findtext("ETag") or "",
+                      quote_etag(element.findtext("ETag")),
                       parse_iso_date(element.findtext("LastModified")))
 
 
