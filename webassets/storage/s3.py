@@ -322,7 +322,7 @@ class S3Store(Store):
     def local_copy(self, coll, name, kind=ORIGINAL):
         """Yield the path of a temporary file holding the object (streamed); MissingFile."""
         key = self.key(coll, name, kind)
-        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX)
+        fd, path = tempfile.mkstemp(prefix="webassets-s3-copy-")
         try:
             with os.fdopen(fd, "wb") as copy:
                 self._download(key, copy)
