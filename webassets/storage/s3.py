@@ -14,7 +14,7 @@ from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, 
                    BadUpload, FileInfo, MissingFile, Store, StoredFile, StoreFailed,
                    StoreUnavailable, check_name)
 from .layout import Layout
-from .s3client import InvalidRange, NoSuchKey, S3Error, S3Unavailable
+from .s3client import DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, S3Error, S3Unavailable
 
 __all__ = ["S3Store", "RangedReader", "SOURCE_ETAG"]
 
@@ -178,12 +178,12 @@ class S3Store(Store):
     """
 
     def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
-                 collection_dirs=None, label=None, part_size=None):
+                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE):
         self.client = client
         self.prefix = prefix
         self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
         self.collection_dirs = collection_dirs
-        self.label = label or "s3://%s" % prefix
+        self.label = label or "the bucket's prefix %r" % prefix
         self.part_size = part_size
 
     # -- keys
@@ -196,8 +196,6 @@ class S3Store(Store):
         return self._dir_key(coll, kind) + check_name(name)
 
     def _writer(self, key):
-        if self.part_size is None:
-            return self.client.writer(key)
         return self.client.writer(key, part_size=self.part_size)
 
     # -- health
