@@ -33,24 +33,28 @@ def _source(args):
     return args.settings or os.environ.get("WEBASSETS_SETTINGS") or "the defaults"
 
 
-def prepare_store(settings):
-    """Create BASE_DIR if needed and check it is writable; raise ConfigError otherwise."""
+def prepare_store(store):
+    """Create what the store needs and check it takes files; raise ConfigError otherwise."""
     try:
-        os.makedirs(settings.BASE_DIR, exist_ok=True)
+        store.prepare()
     except OSError as ex:
-        raise config.ConfigError("Cannot create BASE_DIR %s: %s" % (settings.BASE_DIR, ex.strerror))
-    if not os.access(settings.BASE_DIR, os.W_OK | os.X_OK):
-        raise config.ConfigError("BASE_DIR %s is not writable by this user" % settings.BASE_DIR)
+        raise config.ConfigError("Cannot prepare the store %s: %s"
+                                 % (store.location(), ex.strerror or ex))
+    problem = store.problem()
+    if problem:
+        raise config.ConfigError("The store %s cannot take files: %s"
+                                 % (store.location(), problem))
 
 
 def _existing_store(settings):
-    """Return the app over an existing BASE_DIR (never created here); ConfigError if missing."""
+    """Return the app over an existing store (never created here); ConfigError if missing."""
     from .app import create_app
 
-    if not os.path.isdir(settings.BASE_DIR):
-        raise config.ConfigError("BASE_DIR %s does not exist (is the volume mounted?)"
-                                 % settings.BASE_DIR)
-    return create_app(settings)
+    app = create_app(settings)
+    absent = app.store.absent()
+    if absent:
+        raise config.ConfigError(absent)
+    return app
 
 
 # ---------------------------------------------------------------------------- commands
@@ -62,9 +66,9 @@ def cmd_serve(args):
 
     settings = _load(args)
     logutil.set_format(args.log, settings.ACCESS_LOG_FORMAT)
-    prepare_store(settings)
     processes = settings.processes
     app = create_app(settings)
+    prepare_store(app.store)
     formats = app.thumbnailer.formats()  # probed once here, before the workers fork
     missing = sorted(name for name, ok in formats.items() if not ok)
     logger.info("Thumbnail formats: %s", ", ".join(sorted(n for n, ok in formats.items() if ok)))
@@ -77,7 +81,7 @@ def cmd_serve(args):
         logger.info("webassets %s listening on %s:%d (%d process(es) x %d request slots), "
                     "store %s",
                     __version__, settings.BIND_ADDRESS, server.server_port, processes,
-                    settings.WORKERS, settings.BASE_DIR)
+                    settings.WORKERS, app.store.location())
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
                     settings.public_base())
 
