@@ -258,7 +258,8 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
             observer=registry,
             # Every process and host on this store (serve's workers, mod_wsgi daemons,
             # pregen) renders one thumbnail at most once at a time.
-            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR), tools=tools)
+            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR), tools=tools,
+            leases=settings.THUMBNAIL_LEASES)
     if registry is not None:
         registry.thumbnailer = thumbnailer
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)
