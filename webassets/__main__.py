@@ -1,4 +1,4 @@
-"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats` (or python -m)."""
+"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats|migrate` (or python -m)."""
 
 import argparse
 import logging
@@ -180,6 +180,23 @@ def cmd_stats(args):
     return admin.stats(app.store, top=args.top, as_json=args.json, quiet=args.quiet)
 
 
+def cmd_migrate(args):
+    """Copy every original and thumbnail into the store of another settings file."""
+    from . import migrate
+    from .app import create_app
+
+    source = _existing_store(_load(args)).store
+    target = create_app(config.load(args.to)).store
+    try:
+        migrate.check_pair(source, target)  # before the target is created
+        if not args.dry_run:
+            prepare_store(target)
+        return migrate.migrate(source, target, dry_run=args.dry_run, jobs=args.jobs,
+                               size_only=args.size_only, quiet=args.quiet)
+    except migrate.MigrateError as ex:
+        raise config.ConfigError(str(ex)) from None
+
+
 # ---------------------------------------------------------------------------- parser
 
 def _sizes(text):
@@ -273,7 +290,30 @@ def build_parser():
                  [walks])
     stats.add_argument("--top", type=_positive, default=10, help="largest files shown (10)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _migrate_parser(sub)
     return parser
+
+
+def _migrate_parser(sub):
+    migrate = _add(sub, "migrate", cmd_migrate, "copy every file into another store (resumable)",
+                   description=(
+                       "Copy every original, then every thumbnail, from the store of --from into "
+                       "the store of --to (e.g. the local disk into a bucket, or back). Files "
+                       "the target holds with the same size and content are skipped, so a "
+                       "second run copies only what changed meanwhile; a differing file that is "
+                       "newer in the target is kept. Each copy is atomic and verified; nothing "
+                       "is deleted from either store. Safe while the server runs."))
+    migrate.add_argument("--from", "--settings", dest="settings", metavar="SETTINGS",
+                         help="settings.py of the source (default: $WEBASSETS_SETTINGS)")
+    migrate.add_argument("--to", required=True, metavar="SETTINGS",
+                         help="settings.py of the target (its STORAGE, BASE_DIR or bucket)")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="compare and list what would be copied; copy nothing")
+    migrate.add_argument("--jobs", type=_positive, default=4, help="files at once (default: 4)")
+    migrate.add_argument("--size-only", action="store_true",
+                         help="treat files of equal size as equal (a quick catch-up; no reads)")
+    migrate.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    migrate.add_argument("-v", "--verbose", action="store_true", help="log INFO messages too")
 
 
 def main(argv=None):

@@ -15,7 +15,8 @@ from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pregen", "prune", "fsck", "stats", "human_size", "run_bounded", "Report", "shown_name"]
+__all__ = ["pregen", "prune", "fsck", "stats", "human_size", "run_bounded", "Report", "shown_name",
+           "unsafe_reason", "is_served"]
 
 DEFAULT_GRACE = 3600  # seconds: unfinished work younger than this may belong to a live request
 DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
@@ -36,8 +37,8 @@ class _Owners:
                      if thumbnails.is_thumbnail_of(name, thumb_name)), None)
 
 
-def _unsafe(name):
-    """Return why the server could never serve `name`, or None."""
+def unsafe_reason(name):
+    """Return why the server could never serve a stored `name`, or None."""
     try:
         storage.check_name(name, "name")
         name.encode("utf-8")
@@ -48,9 +49,9 @@ def _unsafe(name):
     return None
 
 
-def _served(listed):
+def is_served(listed):
     """Tell whether a Listed entry is a file the server serves (a safe name, a regular file)."""
-    return listed.problem is None and _unsafe(listed.name) is None
+    return listed.problem is None and unsafe_reason(listed.name) is None
 
 
 def shown_name(store, coll, name, kind=storage.ORIGINAL):
@@ -181,7 +182,7 @@ def _pregen_work(store, coll, scales):
               if listed.problem is None}
     return [(coll, listed.name, scale,
              thumbs.get(thumbnails.thumbnail_name(listed.name, scale), -1) >= listed.mtime_ns)
-            for listed in store.scan(coll) if _served(listed) for scale in scales]
+            for listed in store.scan(coll) if is_served(listed) for scale in scales]
 
 
 def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, jobs=None,
@@ -251,7 +252,7 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
     # Thumbnails are listed before originals: a thumbnail made meanwhile then has its
     # original in the list, so a live upload never loses its fresh thumbnail.
     listings = [(coll, [listed.name for listed in store.scan(coll, storage.THUMBNAIL)
-                        if _served(listed) and not listed.link])
+                        if is_served(listed) and not listed.link])
                 for coll in _walked_colls(store)]
     listings = [(coll, thumbs, _Owners(store.list(coll))) for coll, thumbs in listings]
     total = sum(len(thumbs) for _, thumbs, _ in listings)
@@ -298,7 +299,7 @@ def _check_unfinished(store, item, report, dry_run, grace, now):
 
 def _check_original(store, coll, listed, report):
     shown = shown_name(store, coll, listed.name)
-    reason = _unsafe(listed.name)
+    reason = unsafe_reason(listed.name)
     if reason is not None:
         report.add("PROBLEM", "unsafe name", shown, reason + "; never served")
         return
@@ -322,7 +323,7 @@ def _check_original(store, coll, listed, report):
 
 def _check_thumbnail(store, coll, listed, owners, report, dry_run):
     name = listed.name
-    reason = _unsafe(name)
+    reason = unsafe_reason(name)
     parsed = thumbnails.parse_thumbnail_name(name) if reason is None else None
     if reason is not None or parsed is None or listed.problem is not None or listed.link:
         report.add("PROBLEM", "not a thumbnail", shown_name(store, coll, name, storage.THUMBNAIL),
@@ -377,7 +378,7 @@ def _tally(store, coll, kind, bar):
     """
     listing, temps = store.scan(coll, kind), store.list_temporary(coll, kind)
     files = [(listed.size, store.static_name(coll, listed.name, kind)) for listed in listing
-             if _served(listed) and not listed.link]
+             if is_served(listed) and not listed.link]
     bar.update(len(listing) + len(temps))
     return len(files), sum(size for size, _ in files), len(temps), files
 
