@@ -3,7 +3,6 @@
 import logging
 import os
 import re
-import shutil
 import signal
 
 import procs
@@ -19,17 +18,8 @@ SETTINGS_PATH = "/etc/webassets/settings.py"
 STORE_PATH = "/var/lib/webassets"
 
 # What Debian's apache2.conf and its default modules set, as far as it matters here: the
-# shipped file is included into exactly that.
-_APACHE = """ServerRoot "{prefix}"
-ServerName 127.0.0.1
-Listen {host}:{port}
-PidFile {prefix}/apache2.pid
-DefaultRuntimeDir {prefix}/run
-Mutex file:{prefix}/run default
-ErrorLog {prefix}/error.log
-LogLevel warn
-{user}
-Timeout 300
+# shipped file is included into exactly that (after procs.write_apache_conf's head).
+_APACHE = """Timeout 300
 KeepAlive On
 MaxKeepAliveRequests 100
 KeepAliveTimeout 5
@@ -103,7 +93,6 @@ def start_shipped_apache(processes, run_dir, store, extra_settings=""):
         return None
     port = procs.free_port()
     prefix = os.path.join(run_dir, "apache-shipped")
-    os.makedirs(os.path.join(prefix, "run"), exist_ok=True)
     settings = os.path.join(run_dir, "apache_shipped_settings.py")
     procs.write_settings(settings, store, port, extra_settings)
     with open(SHIPPED_APACHE) as f:
@@ -121,15 +110,10 @@ def start_shipped_apache(processes, run_dir, store, extra_settings=""):
                           ("reqtimeout.conf", _DEBIAN_REQTIMEOUT)):
         path = os.path.join("/etc/apache2/mods-available", own)
         debian.append("Include %s" % path if os.path.exists(path) else fallback)
-    user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
-    conf = os.path.join(prefix, "apache2.conf")
-    with open(conf, "w") as f:
-        f.write(_APACHE.format(prefix=prefix, host=HOST, port=port, user=user,
-                               modules="\n".join(modules), debian="\n".join(debian),
-                               shipped=os.path.relpath(SHIPPED_APACHE, REPO), site=site))
-    argv = [shutil.which("apache2", path=procs.SBIN_PATH), "-f", conf, "-DFOREGROUND"]
-    env = dict(os.environ, APACHE_RUN_DIR=os.path.join(prefix, "run"))
-    return processes.start("apache-shipped", argv, port, env=env, stop_signal=signal.SIGTERM)
+    conf = procs.write_apache_conf(prefix, port, _APACHE.format(
+        prefix=prefix, modules="\n".join(modules), debian="\n".join(debian),
+        shipped=os.path.relpath(SHIPPED_APACHE, REPO), site=site))
+    return procs.run_apache(processes, "apache-shipped", conf, port)
 
 
 def shipped_nginx_site(port, backend_port, store, text=None):

@@ -77,7 +77,8 @@ def write_nginx_conf(prefix, http, connections=4096):
     return conf
 
 
-_APACHE = """ServerRoot "{prefix}"
+# What every Apache of the benchmark starts with: its own root, address, pid file, logs, user.
+_APACHE_HEAD = """ServerRoot "{prefix}"
 ServerName 127.0.0.1
 Listen {host}:{port}
 PidFile {prefix}/apache2.pid
@@ -86,7 +87,8 @@ Mutex file:{prefix}/run default
 ErrorLog {prefix}/error.log
 LogLevel warn
 {user}
-LoadModule mpm_event_module {modules}/mod_mpm_event.so
+"""
+_APACHE = """LoadModule mpm_event_module {modules}/mod_mpm_event.so
 LoadModule authz_core_module {modules}/mod_authz_core.so
 LoadModule env_module {modules}/mod_env.so
 LoadModule wsgi_module {modules}/mod_wsgi.so
@@ -314,6 +316,27 @@ def start_nginx(procs, run_dir, root, name="nginx"):
     return procs.start(name, argv, port, stop_signal=signal.SIGQUIT)
 
 
+def write_apache_conf(prefix, port, body):
+    """Write `prefix`/apache2.conf for an Apache on HOST:`port`; return its path.
+
+    `body` follows the head every Apache of the benchmark shares. As root, the
+    children run as www-data.
+    """
+    os.makedirs(os.path.join(prefix, "run"), exist_ok=True)
+    user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
+    conf = os.path.join(prefix, "apache2.conf")
+    with open(conf, "w") as f:
+        f.write(_APACHE_HEAD.format(prefix=prefix, host=HOST, port=port, user=user) + body)
+    return conf
+
+
+def run_apache(procs, name, conf, port):
+    """Start Apache in the foreground on `conf` (from write_apache_conf); return the Server."""
+    argv = [shutil.which("apache2", path=SBIN_PATH), "-f", conf, "-DFOREGROUND"]
+    env = dict(os.environ, APACHE_RUN_DIR=os.path.join(os.path.dirname(conf), "run"))
+    return procs.start(name, argv, port, env=env, stop_signal=signal.SIGTERM)
+
+
 def apache_missing():
     """Return why Apache + mod_wsgi cannot run here, or None."""
     if shutil.which("apache2", path=SBIN_PATH) is None:
@@ -339,17 +362,11 @@ def start_apache(procs, run_dir, base_dir):
         return None
     port = free_port()
     prefix = os.path.join(run_dir, "apache")
-    os.makedirs(os.path.join(prefix, "run"), exist_ok=True)
     settings = os.path.join(run_dir, "apache_settings.py")
     write_settings(settings, base_dir, port)
-    user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
-    conf = os.path.join(prefix, "apache2.conf")
-    with open(conf, "w") as f:
-        f.write(_APACHE.format(prefix=prefix, host=HOST, port=port, user=user, repo=REPO,
-                               modules=APACHE_MODULES, settings=settings))
-    argv = [shutil.which("apache2", path=SBIN_PATH), "-f", conf, "-DFOREGROUND"]
-    env = dict(os.environ, APACHE_RUN_DIR=os.path.join(prefix, "run"))
-    return procs.start("apache", argv, port, env=env, stop_signal=signal.SIGTERM)
+    conf = write_apache_conf(prefix, port, _APACHE.format(
+        prefix=prefix, repo=REPO, modules=APACHE_MODULES, settings=settings))
+    return run_apache(procs, "apache", conf, port)
 
 
 def start_sink(procs, directory, python):

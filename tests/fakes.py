@@ -205,9 +205,8 @@ class MemoryStore(storage.Store):
     def free_space(self):
         return None
 
-    def check_collection(self, coll):
-        if self.colls is not None and coll not in self.colls:
-            raise storage.UnknownCollection("Unknown collection: %r" % (coll,))
+    def collections(self):
+        return None if self.colls is None else sorted(self.colls)
 
     def stat(self, coll, name, kind=storage.ORIGINAL):
         data, mtime_ns = self._get(coll, name, kind)

@@ -124,14 +124,21 @@ def sp7_upload(store, content, tok, coll=COLL, file_name="photo.jpg", file_type=
 
 
 def sp6_upload(store, content, tok, coll=COLL, file_name="IMG 0001.JPG", upload_type="O",
-               extra=(("disp", "Ichthyology"), ("div", "Fish"), ("inst", "KU"))):
-    """Return (body, headers) of Specify 6's httpmime STRICT upload: fields first, file last."""
+               extra=(("disp", "Ichthyology"), ("div", "Fish"), ("inst", "KU")),
+               coll_charset="ISO-8859-1"):
+    """Return (body, headers) of Specify 6's httpmime STRICT upload: fields first, file last.
+
+    With `coll_charset=None`, the `coll` part is Specify 6.8.00's and older: no charset,
+    US-ASCII bytes (give `coll` as it sent it, each non-ASCII character already a '?').
+    """
     parts = []
     fields = (("type", upload_type), ("store", store), ("token", tok), ("coll", coll)) + tuple(extra)
     for name, value in fields:
+        charset = coll_charset if name == "coll" else "ISO-8859-1"
+        content_type = "text/plain; charset=%s" % charset if charset else "text/plain"
         parts.append((['Content-Disposition: form-data; name="%s"' % name,
-                       "Content-Type: text/plain; charset=ISO-8859-1",
-                       "Content-Transfer-Encoding: 8bit"], value.encode("latin-1")))
+                       "Content-Type: " + content_type, "Content-Transfer-Encoding: 8bit"],
+                      value.encode(charset or "ascii")))
     parts.append((['Content-Disposition: form-data; name="%s"; filename="%s"' % (file_name, file_name),
                    "Content-Type: application/octet-stream",
                    "Content-Transfer-Encoding: binary"], content))

@@ -4,6 +4,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -571,6 +572,84 @@ def test_29_latin1_collection(tmp_path, cfg):
     assert req(app, "POST", "/fileupload", body=body, headers=headers).status == 200
     assert listing(str(tmp_path / "store" / "coleccion" / "originals")) == [U6]
     assert fileget(app, U6, coll="Colección").body == b"x"
+
+
+PECES = "Colección Peces"
+PECES_ASCII = "Colecci?n Peces"  # as Specify 6.8.00 and older send PECES (US-ASCII)
+
+
+def old_sp6_put(app, coll, content=b"x", name=U6, **kwargs):
+    """Upload the way Specify 6.8.00 sends it: fields first, `coll` in US-ASCII, no charset."""
+    body, headers = sp6_upload(name, content, T(app, name), coll=coll, coll_charset=None,
+                               **kwargs)
+    return req(app, "POST", "/fileupload", body=body, headers=headers)
+
+
+def store_dirs(app, *dirs):
+    """Return {directory: its originals} for COLLECTION_DIRS directories `dirs`."""
+    return {d: listing(os.path.join(app.settings.BASE_DIR, d, "originals")) for d in dirs}
+
+
+@configs("C")
+def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog):
+    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces", "Colección Aves": "aves"})
+    body, _ = sp6_upload(U6, b"x", T(app, U6), coll=PECES_ASCII, coll_charset=None)
+    assert (b'name="coll"\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit'
+            b'\r\n\r\nColecci?n Peces\r\n') in body
+    caplog.set_level(logging.INFO, logger="webassets.storage")
+    for content in (b"one", b"two"):
+        res = old_sp6_put(app, PECES_ASCII, content)
+        assert (res.status, res.body) == (200, b"Ok."), res
+    assert store_dirs(app, "peces", "aves") == {"peces": [U6], "aves": []}
+    legacy = [r.getMessage() for r in caplog.records if "old Specify 6" in r.getMessage()]
+    assert legacy == ["Collection %r from an old Specify 6 (US-ASCII) taken as %r"
+                      % (PECES_ASCII, PECES)]  # once per name, INFO
+    assert fileget(app, U6, coll=PECES).body == b"two"
+    assert old_sp6_put(app, PECES_ASCII, upload_type="T").body == b"Ignoring thumbnail upload!"
+    assert delete(app, U6, fields=[("filename", U6), ("coll", PECES),
+                                   ("token", T(app, U6))]).status == 200
+    assert fileget(app, U6, coll=PECES).status == 404
+
+
+@configs("C")
+def test_29_old_sp6_collection_file_first(tmp_path, cfg):
+    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces"})
+    put_ok(app, U7, b"x", coll=PECES_ASCII)  # judged after the file: staged, then published
+    assert snapshot(tmp_path / "store") == {os.path.join("peces", "originals", U7): b"x"}
+
+
+@configs("C")
+@pytest.mark.parametrize("dirs,coll,stored", [
+    ({"Colección": "a", "Colecciñn": "b"}, "Colecci?n", None),  # ambiguous
+    ({PECES: "a"}, "Colecci?n Aves", None),  # no match
+    ({PECES: "a"}, "Colecci??n Peces", None),  # one '?' is one character
+    ({"Coleccion Peces": "a"}, PECES_ASCII, None),  # '?' never stands for an ASCII character
+    ({"Coleccion Peces": "a"}, "Coleccion Peces", "a"),  # ASCII names: exact, as ever
+    ({"Peces?": "a", "Peces¿": "b"}, "Peces?", "a"),  # a real '?' matches exactly, first
+    ({"Peces ¿Qué?": "a"}, "Peces ?Qu??", "a"),  # '?' of its own and for non-ASCII
+    ({"Peces 🐟": "a", "Peces": "b"}, "Peces ?", "a"),  # one '?' per code point
+])
+def test_29_old_sp6_collection_matches_only_one(tmp_path, cfg, dirs, coll, stored):
+    app = build(tmp_path, cfg, COLLECTION_DIRS=dirs)
+    res = old_sp6_put(app, coll)
+    if stored is None:
+        assert (res.status, res.body) == (404, ("Unknown collection: %r\n" % coll).encode())
+        assert snapshot(tmp_path) == {}
+    else:
+        assert res.status == 200, res
+        assert store_dirs(app, *sorted(set(dirs.values())))[stored] == [U6]
+
+
+@configs("C")
+def test_29_old_sp6_collection_only_on_upload(tmp_path, cfg):
+    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces"})
+    assert old_sp6_put(app, PECES_ASCII).status == 200
+    query = [("filename", U6), ("token", T(app, U6)), ("coll", PECES_ASCII)]
+    assert get(app, "/fileget", query + [("type", "O")]).status == 404
+    assert get(app, "/fileget", query + [("type", "T"), ("scale", "200")]).status == 404
+    assert get(app, "/getmetadata", query + [("dt", "json")]).status == 404
+    assert delete(app, U6, fields=query).status == 404
+    assert store_dirs(app, "peces") == {"peces": [U6]}
 
 
 HOSTILE_STORES = ["../evil.jpg", "{abs}", "a/b.jpg", "..\\evil.jpg", "..", ".", ".hidden",

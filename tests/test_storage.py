@@ -197,6 +197,39 @@ def test_check_collection(tmp_path):
     assert FileStore(str(tmp_path)).check_collection("anything") is None  # COMPAT: one store
 
 
+@pytest.mark.parametrize("coll,names,expected", [
+    ("Colecci?n", ["Colección", "Other"], "Colección"),
+    ("Colecci?n", ["Colección", "Colecciñn"], None),  # ambiguous
+    ("Colecci?n", ["Coleccion"], None),  # '?' is never an ASCII letter
+    ("Colecci?n", ["Colecci?n", "Colección"], "Colecci?n"),  # exact wins
+    ("Coleccion", ["Colección"], None),  # no '?': exact only
+    ("Cole?ci?n", ["Coleçción"], "Coleçción"),
+    ("e??", ["e\u0301\U0001F41F"], "e\u0301\U0001F41F"),  # one '?' per code point
+    ("?", [], None),
+])
+def test_legacy_collection(coll, names, expected):
+    assert storage.legacy_collection(coll, names) == expected
+
+
+@pytest.mark.parametrize("store", [
+    lambda tmp: FileStore(str(tmp), collection_dirs={"Colección": "c", "Peces?": "p"}),
+    lambda tmp: MemoryStore(colls=["Colección", "Peces?"]),
+], ids=["file", "memory"])
+def test_resolve_collection_is_shared_by_every_store(tmp_path, store):
+    store = store(tmp_path)
+    assert store.resolve_collection("Colecci?n", lenient=True) == "Colección"
+    assert store.resolve_collection("Peces?", lenient=True) == "Peces?"
+    for coll, lenient in (("Colecci?n", False), ("Colecci??", True), (None, True)):
+        with pytest.raises(UnknownCollection):
+            store.resolve_collection(coll, lenient=lenient)
+    with pytest.raises(UnknownCollection):
+        store.check_collection("Colecci?n")  # everywhere else: exact names only
+
+
+def test_resolve_collection_without_collections(tmp_path):
+    assert FileStore(str(tmp_path)).resolve_collection("Colecci?n", lenient=True) == "Colecci?n"
+
+
 def test_stat_and_open_give_size_mtime_and_etag(tmp_path):
     store = FileStore(str(tmp_path))
     _save(store, "a.jpg", b"12345")

@@ -106,6 +106,7 @@ class _Upload:
         self.fields = {}
         self.file_seen = False
         self.staged = None  # a storage.StagedFile once the file is being received
+        self.coll = None  # the collection `coll` resolved to, once check() passed
         self._judged = None  # the fields the last check() passed
 
     @property
@@ -121,7 +122,8 @@ class _Upload:
         self.app.authorize(self.request, self.request.route, self.fields)
         if not self.is_thumbnail:
             storage.check_name(self.fields.get("store", ""), "store")
-            self.app.store.check_collection(self.fields.get("coll"))  # unknown -> 404
+            # Unknown -> 404; lenient: an old Specify 6 sends "Colección" as "Colecci?n".
+            self.coll = self.app.store.resolve_collection(self.fields.get("coll"), lenient=True)
         self._judged = judged
 
     def receive(self, part):
@@ -133,7 +135,8 @@ class _Upload:
             if self.is_thumbnail:
                 part.discard()
                 return
-        self.staged = self.app.store.stage(self.fields.get("coll"), known_coll=fields_first)
+        coll = self.coll if fields_first else self.fields.get("coll")
+        self.staged = self.app.store.stage(coll, known_coll=fields_first)
         part.copy_to(self.staged)
 
     def finish(self):
@@ -143,7 +146,7 @@ class _Upload:
             return Response(b"Ignoring thumbnail upload!")
         if self.staged is None:
             raise errors.BadRequest("No file in the upload.")
-        self.app.store.save_original(self.fields.get("coll"), self.fields["store"], self.staged)
+        self.app.store.save_original(self.coll, self.fields["store"], self.staged)
         logger.info("Stored %s (%d bytes)", self.fields["store"], self.staged.size)
         return Response(OK)
 

@@ -2,10 +2,12 @@
 
 from .base import (KINDS, ORIGINAL, THUMBNAIL, MAX_NAME_BYTES, UPLOAD_PREFIX, RENDER_PREFIX,
                    TEMP_SUFFIX, TEMP_PREFIXES, COPY_CHUNK, NOT_A_FILE, StorageError, UnsafeName,
-                   UnknownCollection, MissingFile, check_name, FileInfo, StoredFile, Store, Area,
-                   Listed, Unfinished, Lease, group_areas, lease_name, lease_body, lease_holder)
+                   UnknownCollection, MissingFile, as_us_ascii, legacy_collection, check_name,
+                   FileInfo, StoredFile, Store, Area, Listed, Unfinished, Lease, group_areas,
+                   lease_name, lease_body, lease_holder)
 from .filesystem import FILE_MODE, StagedFile, FileStore, open_local
 
-__all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile",
-           "check_name", "FileInfo", "StoredFile", "open_local", "Store", "FileStore",
-           "ORIGINAL", "THUMBNAIL", "TEMP_PREFIXES", "Area", "Listed", "Unfinished", "Lease"]
+__all__ = ["StorageError", "UnsafeName", "UnknownCollection", "MissingFile", "as_us_ascii",
+           "legacy_collection", "check_name", "FileInfo", "StoredFile", "open_local", "Store",
+           "FileStore", "ORIGINAL", "THUMBNAIL", "TEMP_PREFIXES", "Area", "Listed", "Unfinished",
+           "Lease"]

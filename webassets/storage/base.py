@@ -2,8 +2,12 @@
 
 import hashlib
 import json
+import logging
 import os
+import threading
 from typing import NamedTuple, Optional
+
+logger = logging.getLogger(__name__)
 
 # The two kinds of stored file: a store keys every file by (collection, kind, name).
 ORIGINAL = "original"
@@ -35,6 +39,31 @@ class UnknownCollection(StorageError):
 
 class MissingFile(StorageError):
     """The named original or file does not exist."""
+
+
+def as_us_ascii(name):
+    """Return `name` as Specify 6.8.00 and older send it: each non-ASCII character is '?'.
+
+    COMPAT: those clients encode the upload's text fields in US-ASCII, which writes one '?'
+    per character it cannot encode (a code point: Java replaces a surrogate pair once).
+    """
+    return name.encode("ascii", "replace").decode("ascii")
+
+
+def legacy_collection(coll, names):
+    """Return the one of `names` that an old Specify 6's `coll` stands for, else None.
+
+    `coll` itself when it is one of `names`: an exact name always wins. Otherwise a name
+    matches when as_us_ascii(name) == coll: each '?' of `coll` is one non-ASCII character
+    of the name (or a '?' of its own), every other character is the same. None when `coll`
+    has no '?', or when no name or several names match: the caller decides.
+    """
+    if coll in names:
+        return coll
+    if "?" not in coll:
+        return None
+    matches = [name for name in names if as_us_ascii(name) == coll]
+    return matches[0] if len(matches) == 1 else None
 
 
 def check_name(name, what="filename"):
@@ -215,13 +244,18 @@ class StoredFile:
         self.close()
 
 
+# Guards each store's set of legacy collection names already logged (see _report_legacy).
+_REPORTED_LOCK = threading.Lock()
+
+
 class Store:
     """The store's interface: files keyed by (collection, name), originals and thumbnails.
 
     Handlers talk only to this; no path crosses it except local_copy() (for the
     converters and ExifRead) and local_path() (for FILE_OFFLOAD). Every method
     raises UnknownCollection for an unknown collection, UnsafeName for an unsafe
-    name and MissingFile for an absent file; OSError for I/O failures.
+    name and MissingFile for an absent file; OSError for I/O failures. A backend
+    implements collections(); check_collection() and resolve_collection() are shared.
     """
 
     def prepare(self):
@@ -243,9 +277,40 @@ class Store:
         """Return (free bytes, total bytes) where new files go, or None if unknown."""
         raise NotImplementedError
 
+    def collections(self):
+        """Return the configured collection names, or None if `coll` is ignored (any goes)."""
+        raise NotImplementedError
+
     def check_collection(self, coll):
         """Return None if `coll` is a known collection; UnknownCollection otherwise."""
-        raise NotImplementedError
+        self.resolve_collection(coll)
+
+    def resolve_collection(self, coll, lenient=False):
+        """Return the collection `coll` names; UnknownCollection if it names none.
+
+        That is `coll` itself when it is configured, or when collections are ignored. With
+        `lenient` (only for an upload's `coll`, never a file name), an unknown `coll` holding
+        '?' may stand for the one configured name legacy_collection() finds: COMPAT: Specify
+        6.8.00 and older send "Colección" as "Colecci?n". An exact name always wins; no match
+        or an ambiguous one stays unknown.
+        """
+        names = self.collections()
+        if names is None or coll in names:
+            return coll
+        match = legacy_collection(coll, names) if lenient and coll is not None else None
+        if match is None:
+            raise UnknownCollection("Unknown collection: %r" % (coll,))
+        self._report_legacy(coll, match)
+        return match
+
+    def _report_legacy(self, coll, match):
+        """Log at INFO, once per name and store object, that `coll` was taken for `match`."""
+        with _REPORTED_LOCK:
+            reported = self.__dict__.setdefault("_reported_legacy", set())
+            if coll in reported:
+                return
+            reported.add(coll)  # at most one per configured name: as_us_ascii(match) == coll
+        logger.info("Collection %r from an old Specify 6 (US-ASCII) taken as %r", coll, match)
 
     def stat(self, coll, name, kind=ORIGINAL):
         """Return the FileInfo of a stored file; MissingFile if there is none."""

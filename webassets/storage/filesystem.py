@@ -261,9 +261,9 @@ class FileStore(Store):
         """Return the collection directories (Area), or only `coll`'s; UnknownCollection."""
         return group_areas(self.collection_dirs, coll)
 
-    def check_collection(self, coll):
-        """Return None if `coll` is a known collection; UnknownCollection otherwise."""
-        self._collection_root(coll)
+    def collections(self):
+        """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
+        return None if self.collection_dirs is None else sorted(self.collection_dirs)
 
     def stat(self, coll, name, kind=ORIGINAL):
         """Return the FileInfo of a stored file; MissingFile if there is none."""
