@@ -7,7 +7,9 @@ import threading
 import pytest
 
 from tests.fakes import MemoryStore
-from webassets import storage
+from tests.helpers import COLL, call, make_settings
+from webassets import metrics, storage
+from webassets.app import create_app
 from webassets.storage import FileStore, Lease, Listed, UnknownCollection
 
 COLLS = {"Fish": "fish", "Fish Tissue": "fish", "Birds": "birds"}
@@ -182,3 +184,28 @@ def test_filestore_lease_being_written_counts_as_held(tmp_path):
     (tmp_path / ".leases" / storage.lease_name("key")).write_bytes(b"")  # a taker mid-write
     assert store.try_lease("key", 60) is None
     assert store.try_lease("key", 0) is not None  # judged by the asker's ttl: expired
+
+
+# ---------------------------------------------------------------------------- /metrics
+
+class _Remote(MemoryStore):
+    """A store that counts requests as a bucket's client does."""
+
+    def request_stats(self):
+        return {"requests": {"GetObject": 3, "PutObject": 1}, "errors": {"SlowDown": 2},
+                "seconds": {"GetObject": 0.5, "PutObject": 0.25}}
+
+
+def test_metrics_show_a_remote_stores_requests(tmp_path):
+    remote = create_app(make_settings(tmp_path), store=_Remote(colls={COLL}))
+    text = call(remote, "GET", "/metrics").body.decode()
+    assert 'webassets_store_requests_total{operation="GetObject"} 3' in text
+    assert 'webassets_store_request_seconds_total{operation="PutObject"} 0.25' in text
+    assert 'webassets_store_errors_total{code="SlowDown"} 2' in text
+    local = call(create_app(make_settings(tmp_path)), "GET", "/metrics").body.decode()
+    assert "webassets_store_" not in local
+    # Worker processes: each counts its own requests; a scrape sums them.
+    snapshot = remote.metrics.snapshot()
+    merged = metrics.merge_snapshots([snapshot, snapshot, dict(snapshot, store=None)], 0)
+    assert merged["store"]["requests"] == {"GetObject": 6, "PutObject": 2}
+    assert merged["store"]["seconds"]["GetObject"] == 1.0

@@ -262,4 +262,5 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
             leases=settings.THUMBNAIL_LEASES)
     if registry is not None:
         registry.thumbnailer = thumbnailer
+        registry.store = store
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

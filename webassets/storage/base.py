@@ -401,6 +401,13 @@ class Store:
         self.stat(coll, name, kind)  # MissingFile, as every method
         return None
 
+    def request_stats(self):
+        """Return a remote store's request counters for /metrics, or None (a local store).
+
+        {"requests": {operation: n}, "errors": {code: n}, "seconds": {operation: total}}.
+        """
+        return None
+
     def unfinished(self):
         """Return the store's unfinished work (Unfinished): uploads, renders, leases."""
         raise NotImplementedError
