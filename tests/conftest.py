@@ -2,9 +2,14 @@
 
 import pytest
 
-from tests import fakes
+from tests import fakes, stores
 from tests.helpers import CONVERT, DATE, NOW, convert_image, make_app
+# The real S3 servers: session fixtures, started on first use, stopped at the end.
+from tests.s3servers import moto, s3_server, seaweedfs  # noqa: F401
 from webassets import samples
+
+# The stores `backend` runs a test on: the local one, then S3Store on each real S3 server.
+STORE_BACKENDS = ("file",) + stores.S3_SERVERS
 
 
 @pytest.fixture
@@ -36,3 +41,11 @@ def images():
         ".heif": heic,
         ".pdf": samples.pdf(),  # ImageMagick's policy here forbids writing PDF
     }
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def backend(request):
+    """Return the store a test app is built on (tests.stores): each test runs on each."""
+    if request.param == "file":
+        return stores.LocalBackend()
+    return stores.S3Backend.on(request.param, request.getfixturevalue(request.param))

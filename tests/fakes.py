@@ -212,22 +212,28 @@ class MemoryStore(storage.Store):
         data, mtime_ns = self._get(coll, name, kind)
         return storage.FileInfo(len(data), mtime_ns)
 
-    def open(self, coll, name, kind=storage.ORIGINAL):
+    def open(self, coll, name, kind=storage.ORIGINAL, options=None):
         data, _ = self._get(coll, name, kind)
         return storage.StoredFile(io.BytesIO(data), self.stat(coll, name, kind))
 
-    def stage(self, coll=None, known_coll=False):
+    def stage(self, coll=None, known_coll=False, name=None):
         return _MemoryStaged()
 
     def save_original(self, coll, name, staged):
         self.files[self._key(coll, name, storage.ORIGINAL)] = (staged.getvalue(),
                                                                int(time.time() * 1e9))
 
-    def save_thumbnail(self, coll, name, local_file):
+    def save_thumbnail(self, coll, name, local_file, source=None):
         with open(local_file, "rb") as rendered:
             data = rendered.read()
         mtime_ns = max(os.stat(local_file).st_mtime_ns, int(time.time() * 1e9))
         self.files[self._key(coll, name, storage.THUMBNAIL)] = (data, mtime_ns)
+
+    def thumbnail_is_fresh(self, coll, name, source):
+        try:
+            return storage.fresh_by_mtime(self.stat(coll, name, storage.THUMBNAIL), source)
+        except storage.MissingFile:
+            return False
 
     def delete_thumbnail(self, coll, name):
         self._get(coll, name, storage.THUMBNAIL)
@@ -264,7 +270,7 @@ class MemoryStore(storage.Store):
     def static_name(self, coll, name, kind=storage.ORIGINAL):
         return "%s/%s/%s" % (coll, kind, storage.check_name(name))
 
-    def open_static(self, relpath):
+    def open_static(self, relpath, options=None):
         coll, kind, name = (relpath.split("/") + ["", ""])[:3]
         return self.open(coll, name, kind)
 

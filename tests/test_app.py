@@ -39,7 +39,7 @@ def test_every_domain_error_has_a_row():
 
 
 def test_os_errors_are_logged_never_shown(app, monkeypatch, caplog):
-    def broken(coll, name, kind=None):
+    def broken(coll, name, kind=None, options=None):
         raise OSError(errno.EIO, "Input/output error", "/srv/secret/path")
 
     monkeypatch.setattr(app.store, "open", broken)

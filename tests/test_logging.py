@@ -71,7 +71,7 @@ def test_every_response_carries_the_request_id(app):
 def test_errors_are_logged_with_the_request_id_and_traceback_only_in_the_log(app, logs):
 
     class BrokenStore:
-        def local_copy(self, coll, name, kind=None):
+        def open(self, coll, name, kind=None, options=None):
             raise RuntimeError("disk on fire")
 
     app.store = BrokenStore()

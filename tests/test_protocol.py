@@ -22,8 +22,11 @@ from tests.helpers import (
     make_settings, multipart_body, needs_convert, sp6_upload, sp7_upload, token,
 )
 from tests.lifecycle import Sp6Client, Sp7Backend, WSGIClient
+from tests.stores import (LocalBackend, everything, is_s3, plant, relative_dir, store_snapshot,
+                          stored, stored_files)
 from webassets import auth, config, multipart, storage, thumbnails
 from webassets.app import create_app
+from webassets.storage.s3 import S3Upload
 
 # --------------------------------------------------------------------------- configurations
 
@@ -82,15 +85,18 @@ def probed_tools():
     return thumbnails.Toolchain(convert=CONVERT)
 
 
-def build(tmp_path, cfg="A", clock=None, **overrides):
+def build(tmp_path, cfg="A", clock=None, backend=None, **overrides):
     """Return an app (with its own thumbnail engine) for CFG-<cfg> plus overrides.
 
-    Its store is tmp_path/store; only the probed converters are shared between apps.
+    Its store is `backend`'s (tests.stores; the local one by default): under tmp_path/store,
+    or a fresh prefix of a bucket. Only the probed converters are shared between apps.
     """
-    values = dict(CFGS[cfg], CONVERT=CONVERT)
+    backend = backend or LocalBackend()
+    values = dict(CFGS[cfg], CONVERT=CONVERT, **backend.overrides())
     values.update(overrides)
     settings = make_settings(tmp_path / "store", **values)
-    return create_app(settings, clock=clock or FakeClock(NOW), tools=probed_tools())
+    return create_app(settings, store=backend.store(settings), clock=clock or FakeClock(NOW),
+                      tools=probed_tools())
 
 
 @pytest.fixture
@@ -99,8 +105,8 @@ def cfg():
 
 
 @pytest.fixture
-def app(tmp_path, cfg):
-    return build(tmp_path, cfg)
+def app(tmp_path, cfg, backend):
+    return build(tmp_path, cfg, backend=backend)
 
 
 # --------------------------------------------------------------------------- requests
@@ -185,33 +191,19 @@ def form_upload(fields, file_part=("file", "photo.jpg", b"data"), file_first=Tru
 
 
 def coll_dir(app):
-    """Return the store directory of COLL ('<BASE_DIR>' or '<BASE_DIR>/fish')."""
+    """Return COLL's directory under the store's root ('' or 'fish/')."""
     dirs = app.settings.COLLECTION_DIRS
-    return os.path.join(app.settings.BASE_DIR, dirs[COLL] if dirs else "")
+    return dirs[COLL] + "/" if dirs else ""
 
 
-def originals_dir(app):
-    return os.path.join(coll_dir(app), "originals")
+def originals(app):
+    """Return every name in COLL's originals directory (temporary ones included)."""
+    return stored(app, storage.ORIGINAL)
 
 
-def thumbnails_dir(app):
-    return os.path.join(coll_dir(app), "thumbnails")
-
-
-def listing(directory):
-    """Return every name in `directory` (dot files included), [] if it does not exist."""
-    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-
-
-def snapshot(root):
-    """Return {relative path: bytes} for every file under root."""
-    files = {}
-    for directory, _, names in os.walk(str(root)):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as handle:
-                files[os.path.relpath(path, str(root))] = handle.read()
-    return files
+def thumbnails_of(app):
+    """Return every name in COLL's thumbnails directory."""
+    return stored(app, storage.THUMBNAIL)
 
 
 def write(path, content):
@@ -462,7 +454,7 @@ def test_20_sp6_upload(app):
     assert b'name="IMG 0001.JPG"; filename="IMG 0001.JPG"' in body
     assert req(app, "POST", "/fileupload", body=body, headers=headers).status == 200
     assert fileget(app, U6).body == b"sp6-bytes"
-    assert snapshot(originals_dir(app)) == {U6: b"sp6-bytes"}
+    assert stored_files(app) == {U6: b"sp6-bytes"}
 
 
 BINARY = b"\xff\xd8\x00\r\n--notboundary\r\n\r\n--" + pseudo_random(1 << 20, 21) + b"\r\n"
@@ -482,15 +474,15 @@ def test_21_binary_safety(app, layout):
 def test_22_invalid_token(tmp_path, app, layout, existing):
     if existing:
         put_ok(app, U7, b"previous")
-    before = snapshot(tmp_path)
+    before = everything(tmp_path, app)
     res = put(app, U7, b"attack", layout=layout, tok=T(app, U7, key="wrong"))
     assert res.status == 403
-    assert snapshot(tmp_path) == before
+    assert everything(tmp_path, app) == before
 
 
 def _assert_refused_upload(tmp_path, app, res):
     assert res.status == 403
-    assert snapshot(tmp_path) == {}
+    assert everything(tmp_path, app) == {}
 
 
 @configs(WITH_TIME)
@@ -514,16 +506,16 @@ def test_24_reupload_replaces(app):
     put_ok(app, U7, b"old")
     put_ok(app, U7, b"new")
     assert fileget(app, U7).body == b"new"
-    assert listing(originals_dir(app)) == [U7]
+    assert originals(app) == [U7]
 
 
 @configs(ALL)
 def test_25_sp6_thumbnail_upload_ignored(tmp_path, app):
     put_ok(app, U6, b"original", layout="sp6")
-    before = snapshot(tmp_path)
+    before = everything(tmp_path, app)
     res = put(app, U6, b"B2-thumb", layout="sp6", upload_type="T", file_name="sp6_thumb_123.tmp")
     assert (res.status, res.body) == (200, b"Ignoring thumbnail upload!")
-    assert snapshot(tmp_path) == before
+    assert everything(tmp_path, app) == before
     assert fileget(app, U6).body == b"original"
 
 
@@ -553,7 +545,7 @@ def test_28_coll_ignored(app):
 def test_29_collections_share_a_dir(app):
     put_ok(app, U7, b"fish")
     assert fileget(app, U7, coll="KUFishtissue").body == b"fish"
-    assert listing(os.path.join(app.settings.BASE_DIR, "fish", "originals")) == [U7]
+    assert relative_dir(app) == "fish/originals" and originals(app) == [U7]
 
 
 @configs("C")
@@ -561,16 +553,17 @@ def test_29_collections_share_a_dir(app):
 def test_29_unknown_collection(tmp_path, app, layout):
     res = put(app, U7, b"x", layout=layout, coll="Unknown")
     assert res.status == 404
-    assert snapshot(tmp_path) == {}
+    assert everything(tmp_path, app) == {}
 
 
 @configs("C")
-def test_29_latin1_collection(tmp_path, cfg):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={"Colección": "coleccion"})
+def test_29_latin1_collection(tmp_path, cfg, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={"Colección": "coleccion"})
     body, headers = sp6_upload(U6, b"x", T(app, U6), coll="Colección")
     assert "Colección".encode("latin-1") in body
     assert req(app, "POST", "/fileupload", body=body, headers=headers).status == 200
-    assert listing(str(tmp_path / "store" / "coleccion" / "originals")) == [U6]
+    assert app.store.layout.directory("Colección", storage.ORIGINAL) == "coleccion/originals"
+    assert stored(app, coll="Colección") == [U6]
     assert fileget(app, U6, coll="Colección").body == b"x"
 
 
@@ -587,12 +580,13 @@ def old_sp6_put(app, coll, content=b"x", name=U6, **kwargs):
 
 def store_dirs(app, *dirs):
     """Return {directory: its originals} for COLLECTION_DIRS directories `dirs`."""
-    return {d: listing(os.path.join(app.settings.BASE_DIR, d, "originals")) for d in dirs}
+    coll_of = {directory: coll for coll, directory in app.settings.COLLECTION_DIRS.items()}
+    return {d: stored(app, coll=coll_of[d]) for d in dirs}
 
 
 @configs("C")
-def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces", "Colección Aves": "aves"})
+def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={PECES: "peces", "Colección Aves": "aves"})
     body, _ = sp6_upload(U6, b"x", T(app, U6), coll=PECES_ASCII, coll_charset=None)
     assert (b'name="coll"\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit'
             b'\r\n\r\nColecci?n Peces\r\n') in body
@@ -612,10 +606,10 @@ def test_29_old_sp6_ascii_collection(tmp_path, cfg, caplog):
 
 
 @configs("C")
-def test_29_old_sp6_collection_file_first(tmp_path, cfg):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces"})
+def test_29_old_sp6_collection_file_first(tmp_path, cfg, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={PECES: "peces"})
     put_ok(app, U7, b"x", coll=PECES_ASCII)  # judged after the file: staged, then published
-    assert snapshot(tmp_path / "store") == {os.path.join("peces", "originals", U7): b"x"}
+    assert store_snapshot(app) == {os.path.join("peces", "originals", U7): b"x"}
 
 
 @configs("C")
@@ -629,20 +623,20 @@ def test_29_old_sp6_collection_file_first(tmp_path, cfg):
     ({"Peces ¿Qué?": "a"}, "Peces ?Qu??", "a"),  # '?' of its own and for non-ASCII
     ({"Peces 🐟": "a", "Peces": "b"}, "Peces ?", "a"),  # one '?' per code point
 ])
-def test_29_old_sp6_collection_matches_only_one(tmp_path, cfg, dirs, coll, stored):
-    app = build(tmp_path, cfg, COLLECTION_DIRS=dirs)
+def test_29_old_sp6_collection_matches_only_one(tmp_path, cfg, dirs, coll, stored, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS=dirs)
     res = old_sp6_put(app, coll)
     if stored is None:
         assert (res.status, res.body) == (404, ("Unknown collection: %r\n" % coll).encode())
-        assert snapshot(tmp_path) == {}
+        assert everything(tmp_path, app) == {}
     else:
         assert res.status == 200, res
         assert store_dirs(app, *sorted(set(dirs.values())))[stored] == [U6]
 
 
 @configs("C")
-def test_29_old_sp6_collection_only_on_upload(tmp_path, cfg):
-    app = build(tmp_path, cfg, COLLECTION_DIRS={PECES: "peces"})
+def test_29_old_sp6_collection_only_on_upload(tmp_path, cfg, backend):
+    app = build(tmp_path, cfg, backend=backend, COLLECTION_DIRS={PECES: "peces"})
     assert old_sp6_put(app, PECES_ASCII).status == 200
     query = [("filename", U6), ("token", T(app, U6)), ("coll", PECES_ASCII)]
     assert get(app, "/fileget", query + [("type", "O")]).status == 404
@@ -663,14 +657,14 @@ def test_30_unsafe_store(tmp_path, app, layout):
         store = store.format(abs=str(tmp_path / "evil.jpg"))
         res = put(app, store, b"evil", layout=layout)
         assert res.status == 400, (store, res)
-        assert snapshot(tmp_path) == {}, store
+        assert everything(tmp_path, app) == {}, store
 
 
 @configs(ALL)
 @pytest.mark.parametrize("layout", ["sp7", "sp6"])
-def test_31_slow_upload(tmp_path, cfg, layout):
+def test_31_slow_upload(tmp_path, cfg, layout, backend):
     clock = FakeClock(NOW)
-    app = build(tmp_path, cfg, clock=clock)
+    app = build(tmp_path, cfg, clock=clock, backend=backend)
     content = pseudo_random(400 * 1024, 31)
     body, headers = (sp7_upload if layout == "sp7" else sp6_upload)(U7, content, T(app, U7))
     res = req(app, "POST", "/fileupload", body=slow_input(body, clock, 40),
@@ -712,7 +706,7 @@ def test_33_no_file_part(tmp_path, app, layout):
                                      ("coll", COLL)], file_part=None)
     assert b"filename=" not in body
     assert req(app, "POST", "/fileupload", body=body, headers=headers).status == 400
-    assert snapshot(tmp_path) == {}
+    assert everything(tmp_path, app) == {}
 
 
 @configs(ALL)
@@ -833,7 +827,7 @@ def test_43_missing_file(app):
 @configs(ALL)
 def test_44_traversal_not_served(tmp_path, app):
     write(tmp_path / "secret.txt", b"secret")
-    write(tmp_path / "store" / "secret.txt", b"secret")
+    plant(app, "secret.txt", b"secret")
     for raw_name in ("../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2fsecret.txt",
                      "..%5Csecret.txt", "..%2F..%2Fsecret.txt"):
         query = "coll=%s&type=O&filename=%s&token=%s" % (
@@ -855,7 +849,7 @@ def test_45_require_key_for_get(app):
 
 @configs("C")
 def test_46_collection_dirs_fileget(app):
-    write(os.path.join(app.settings.BASE_DIR, "fish", "originals", U7), b"fish")
+    plant(app, "fish/originals/" + U7, b"fish")
     assert fileget(app, U7, coll="Unknown").status == 404
     assert fileget(app, U7).body == b"fish"
     assert fileget(app, U7, coll="KUFishtissue").body == b"fish"
@@ -896,7 +890,7 @@ def test_49_sp7_thumbnail(app, images):
     size = assert_thumbnail(thumb(app, U7, 123, signed=app.settings.REQUIRE_KEY_FOR_GET),
                             "image/jpeg", 123)
     assert size == (123, 92)
-    assert listing(thumbnails_dir(app)) == [ROOT7 + "_123.jpg"]
+    assert thumbnails_of(app) == [ROOT7 + "_123.jpg"]
 
 
 @needs_convert
@@ -930,7 +924,7 @@ def test_52_png_thumbnails(app, images, ext):
     name = ROOT7 + ext
     put_ok(app, name, images[ext])
     assert_thumbnail(thumb(app, name, 123), "image/png", 123)
-    assert listing(thumbnails_dir(app)) == [ROOT7 + "_123.png"]
+    assert thumbnails_of(app) == [ROOT7 + "_123.png"]
 
 
 @configs(ALL)
@@ -954,13 +948,13 @@ def test_55_bad_scale(app):
     for scale in (None, "", "abc", "0", "-5", "1.5", " 12", "+12", "0x10"):
         res = get(app, "/fileget", query + ([("scale", scale)] if scale is not None else []))
         assert res.status == 400, (scale, res)
-    assert listing(thumbnails_dir(app)) == []
+    assert thumbnails_of(app) == []
 
 
 @needs_convert
 @configs(THUMB_CFGS)
-def test_55_scale_above_max(tmp_path, cfg, images):
-    app = build(tmp_path, cfg, THUMBNAIL_SIZES=None, MAX_SCALE=300)
+def test_55_scale_above_max(tmp_path, cfg, images, backend):
+    app = build(tmp_path, cfg, backend=backend, THUMBNAIL_SIZES=None, MAX_SCALE=300)
     put_ok(app, U7, images["jpeg"])
     for scale in ("301", "99999999999999999999"):
         assert thumb(app, U7, scale).status == 400
@@ -991,7 +985,7 @@ def test_58_sp6_delete(app):
     fields = [("filename", U6), ("token", T(app, U6)), ("coll", COLL)] + SP6_EXTRA
     res = delete(app, U6, content_type=FORM + "; charset=UTF-8", fields=fields)
     assert res.status == 200
-    assert listing(originals_dir(app)) == []
+    assert originals(app) == []
 
 
 @configs(ALL)
@@ -1026,23 +1020,23 @@ def test_62_delete_removes_own_thumbnails(app, images):
         assert thumb(app, name, scale).status == 200
     # Look-alikes that belong to nobody (or to another attachment) must stay too.
     for stray in (ROOT7 + "_123.jpg.bak", ROOT7 + "x_123.jpg", ROOT7 + "_.jpg"):
-        write(os.path.join(thumbnails_dir(app), stray), b"stray")
+        plant(app, relative_dir(app, storage.THUMBNAIL) + "/" + stray, b"stray")
     assert delete(app, U7).status == 200
     assert delete(app, "sp61.att.jpg").status == 200
-    assert listing(thumbnails_dir(app)) == sorted(
+    assert thumbnails_of(app) == sorted(
         ["sp612.att_200.jpg", ROOT7 + "_123.jpg.bak", ROOT7 + "x_123.jpg", ROOT7 + "_.jpg"])
-    assert listing(originals_dir(app)) == ["sp612.att.jpg"]
+    assert originals(app) == ["sp612.att.jpg"]
 
 
 @configs(ALL)
 def test_63_delete_traversal(tmp_path, app):
     put_ok(app, U7, b"keep")
-    write(os.path.join(coll_dir(app), "x"), b"keep")
+    plant(app, coll_dir(app) + "x", b"keep")
     write(tmp_path / "x", b"keep")
-    before = snapshot(tmp_path)
+    before = everything(tmp_path, app)
     for name in ("../x", "../originals/" + U7, "..\\x", "x/../" + U7, "../../x"):
         assert delete(app, name).status == 400, name
-    assert snapshot(tmp_path) == before
+    assert everything(tmp_path, app) == before
 
 
 @configs(ALL)
@@ -1124,7 +1118,7 @@ def test_70_getfileref_thumbnail(app, images):
     res = get(app, "/getfileref", {"coll": COLL, "type": "T", "filename": U7, "scale": "200"})
     assert res.body == ("http://localhost:8080/static/%sthumbnails/%s_200.jpg"
                         % (static_sub(app), ROOT7)).encode()
-    assert listing(thumbnails_dir(app)) == [ROOT7 + "_200.jpg"]
+    assert thumbnails_of(app) == [ROOT7 + "_200.jpg"]
 
 
 @configs(WITH_STATIC)
@@ -1144,7 +1138,7 @@ STATIC_ESCAPES = ["/static/../settings.py", "/static/originals/../../settings.py
 @configs(ALL)
 def test_71_static_escapes(tmp_path, app):
     write(tmp_path / "settings.py", b"KEY = 'secret'")
-    write(tmp_path / "store" / ".upload-x.tmp", b"KEY = 'secret'")
+    plant(app, ".upload-x.tmp", b"KEY = 'secret'")
     for path in STATIC_ESCAPES:
         res = get(app, path)
         assert res.status in (400, 404), (path, res)
@@ -1285,25 +1279,24 @@ def test_extra_method_not_allowed(app, method, path, allowed):
 
 
 @configs("AC")
-def test_extra_max_upload_size(tmp_path, cfg):
-    app = build(tmp_path, cfg, MAX_UPLOAD_SIZE=1000)
+def test_extra_max_upload_size(tmp_path, cfg, backend):
+    app = build(tmp_path, cfg, backend=backend, MAX_UPLOAD_SIZE=1000)
     put_ok(app, U7, b"small")
     assert put(app, U7, b"x" * 2000).status == 413
     assert put(app, U7, b"x" * 2000, layout="sp6").status == 413
     assert fileget(app, U7).body == b"small"
-    assert snapshot(tmp_path / "store") == {os.path.relpath(
-        os.path.join(originals_dir(app), U7), app.settings.BASE_DIR): b"small"}
+    assert store_snapshot(app) == {os.path.join(relative_dir(app), U7): b"small"}
 
 
 @configs(ALL)
 @pytest.mark.parametrize("layout", ["sp7", "sp6"])
 def test_extra_type_t_upload_never_touches_originals(tmp_path, app, layout):
     put_ok(app, U7, b"original")
-    before = snapshot(tmp_path)
+    before = everything(tmp_path, app)
     for store in (U7, "absent.jpg", "../escape.jpg"):
         res = put(app, store, b"thumb", layout=layout, upload_type="T")
         assert (res.status, res.body) == (200, b"Ignoring thumbnail upload!"), store
-        assert snapshot(tmp_path) == before, store
+        assert everything(tmp_path, app) == before, store
 
 
 @configs(WITH_KEY)
@@ -1323,9 +1316,8 @@ def test_extra_interrupted_upload(app, layout):
     res = raw_post(app, FakeInput(body, cut=200 * 1024), len(body), headers)
     assert res.status == 400
     assert fileget(app, U7).body == b"previous"
-    assert listing(originals_dir(app)) == [U7]
-    assert snapshot(app.settings.BASE_DIR).keys() == {os.path.relpath(
-        os.path.join(originals_dir(app), U7), app.settings.BASE_DIR)}
+    assert originals(app) == [U7]
+    assert store_snapshot(app).keys() == {os.path.join(relative_dir(app), U7)}
 
 
 @configs("AC")
@@ -1336,13 +1328,20 @@ def test_extra_disk_full(app, layout, monkeypatch):
     def full(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.StagedFile, "write", full)
+    def unavailable(self, data):
+        raise storage.StoreUnavailable("S3 unavailable: connection refused")
+
+    # A full disk, or a bucket that stops answering in the middle of the upload.
+    if is_s3(app):
+        monkeypatch.setattr(S3Upload, "write", unavailable)
+    else:
+        monkeypatch.setattr(storage.StagedFile, "write", full)
     res = put(app, U7, pseudo_random(100 * 1024, 8), layout=layout)
-    assert res.status == 507
+    assert res.status == (503 if is_s3(app) else 507)
     monkeypatch.undo()
     assert fileget(app, U7).body == b"previous"
-    assert listing(originals_dir(app)) == [U7]
-    assert len(snapshot(app.settings.BASE_DIR)) == 1
+    assert originals(app) == [U7]
+    assert len(store_snapshot(app)) == 1
 
 
 HOSTILE_NAMES = ["../x", "a/b", "..\\x", "x\x00y", "x\x01y", "x\ny", ".hidden", "..", ".", ""]
@@ -1364,12 +1363,12 @@ def name_requests(app, name):
 def test_extra_hostile_query_names(tmp_path, app):
     put_ok(app, U7, b"x")
     write(tmp_path / "x", b"outside")
-    write(tmp_path / "store" / ".hidden", b"hidden")
-    before = snapshot(tmp_path)
+    plant(app, ".hidden", b"hidden")
+    before = everything(tmp_path, app)
     for name in HOSTILE_NAMES:
         for res in name_requests(app, name):
             assert res.status == 400, (name, res)
-    assert snapshot(tmp_path) == before
+    assert everything(tmp_path, app) == before
 
 
 @configs("AC")
@@ -1379,10 +1378,10 @@ def test_extra_hostile_coll(tmp_path, app, layout):
         res = put(app, U7, b"x", layout=layout, coll=coll)
         if app.settings.COLLECTION_DIRS:
             assert res.status == 404, coll
-            assert snapshot(tmp_path) == {}, coll
+            assert everything(tmp_path, app) == {}, coll
         else:
             assert res.status == 200, coll  # COMPAT: coll is ignored without COLLECTION_DIRS
-            assert listing(originals_dir(app)) == [U7]
+            assert originals(app) == [U7]
 
 
 @pytest.mark.parametrize("directory", ["../x", "/abs", "..\\x", "a/../../x", "x\x00y", "", "."])
@@ -1397,8 +1396,8 @@ LEGIT_NAMES = ["my photo.jpg", "résumé 東京.jpg", "100%.jpg", "it's \"quoted
 
 @needs_convert
 @pytest.mark.parametrize("name", LEGIT_NAMES)
-def test_extra_legitimate_names_end_to_end(tmp_path, images, name):
-    app = build(tmp_path, "B")
+def test_extra_legitimate_names_end_to_end(tmp_path, images, name, backend):
+    app = build(tmp_path, "B", backend=backend)
     layout = "sp6" if name.encode("latin-1", "ignore").decode("latin-1") == name else "sp7"
     put_ok(app, name, images["jpeg"], layout=layout)
     put_ok(app, name, images["jpeg"])
@@ -1409,9 +1408,9 @@ def test_extra_legitimate_names_end_to_end(tmp_path, images, name):
     ref = get(app, "/getfileref", {"type": "O", "filename": name}).body.decode("ascii")
     # What a WSGI server puts in PATH_INFO: the URL's bytes, percent-decoded, as latin-1.
     assert get(app, unquote(url_path(ref), encoding="latin-1")).body == images["jpeg"]
-    assert listing(originals_dir(app)) == [name] and len(listing(thumbnails_dir(app))) == 1
+    assert originals(app) == [name] and len(thumbnails_of(app)) == 1
     assert delete(app, name).status == 200
-    assert listing(originals_dir(app)) == [] and listing(thumbnails_dir(app)) == []
+    assert originals(app) == [] and thumbnails_of(app) == []
 
 
 @configs(ALL)

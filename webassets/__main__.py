@@ -34,14 +34,20 @@ def _source(args):
 
 
 def prepare_store(store):
-    """Create what the store needs and check it takes files; raise ConfigError otherwise."""
+    """Create what the store needs and check it takes files; raise ConfigError otherwise.
+
+    A remote store (a bucket) that cannot take files now is only warned about: it may be
+    back in a moment, and /readyz reports it meanwhile.
+    """
     try:
         store.prepare()
     except OSError as ex:
         raise config.ConfigError("Cannot prepare the store %s: %s"
                                  % (store.location(), ex.strerror or ex))
     problem = store.problem()
-    if problem:
+    if problem and store.remote:
+        logger.warning("The store %s cannot take files now: %s", store.location(), problem)
+    elif problem:
         raise config.ConfigError("The store %s cannot take files: %s"
                                  % (store.location(), problem))
 

@@ -2,13 +2,13 @@
 
 import errno
 import logging
-import os
 import re
 import time
 from typing import Callable, NamedTuple, Optional
 
 from . import auth, errors, handlers, logutil, metrics, multipart, storage, thumbnails
 from .httputil import Offload, Request, Response
+from .storage import factory
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ ERROR_TABLE = (
     ErrorRule(storage.MissingFile, errors.NotFound),
     # SECURITY: an OSError's message names a server path; it never reaches the client.
     ErrorRule(FileNotFoundError, errors.NotFound, show_message=False),
+    ErrorRule(storage.BadUpload, errors.BadRequest),
+    ErrorRule(storage.StoreUnavailable, errors.ServiceUnavailable, show_message=False,
+              retry_after=True, log_level=logging.WARNING,
+              log_format="Store unavailable on %(method)s %(path)s: %(error)s"),
+    # SECURITY: a store's message may name the bucket and key; it stays in the log.
+    ErrorRule(storage.StoreFailed, errors.BadGateway, show_message=False,
+              log_level=logging.ERROR, log_format="Store failed on %(method)s %(path)s: %(error)s"),
     ErrorRule(multipart.BodyTooLarge, errors.PayloadTooLarge),
     ErrorRule(multipart.MultipartError, errors.BadRequest),
     ErrorRule(thumbnails.BadScale, errors.BadRequest),
@@ -99,7 +106,6 @@ ERROR_TABLE = (
               traceback=True),
 )
 DOMAIN_ERRORS = tuple(rule.domain for rule in ERROR_TABLE)
-LOCK_DIR = ".locks"  # under BASE_DIR: the thumbnail engine's lock files
 
 
 def error_rule(ex):
@@ -241,15 +247,15 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
                tools=None):
     """Build the App for `settings`; collaborators default to the real ones.
 
-    With METRICS on, the default thumbnailer also reports to the app's metrics. `tools` (a
-    thumbnails.Toolchain) lets engines share one probe of the converters.
+    The store is the one STORAGE names (storage.factory; ConfigError). With METRICS on, the
+    default thumbnailer also reports to the app's metrics. `tools` (a thumbnails.Toolchain)
+    lets engines share one probe of the converters.
     """
     from . import metadata as metadata_module  # NOTE: keeps ExifRead off the import path of tools
 
     registry = metrics.Metrics() if settings.METRICS else None
     if store is None:
-        store = storage.FileStore(settings.BASE_DIR, settings.ORIG_DIR, settings.THUMB_DIR,
-                                  settings.COLLECTION_DIRS)
+        store = factory.open_store(settings)  # ConfigError
     if thumbnailer is None:
         thumbnailer = thumbnails.Thumbnailer(
             convert=settings.CONVERT, gs=settings.GHOSTSCRIPT, timeout=settings.THUMBNAIL_TIMEOUT,
@@ -258,7 +264,7 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
             observer=registry,
             # Every process and host on this store (serve's workers, mod_wsgi daemons,
             # pregen) renders one thumbnail at most once at a time.
-            lock_dir=os.path.join(settings.BASE_DIR, LOCK_DIR), tools=tools,
+            lock_dir=factory.lock_dir(settings), tools=tools,
             leases=settings.THUMBNAIL_LEASES)
     if registry is not None:
         registry.thumbnailer = thumbnailer

@@ -169,6 +169,32 @@ def _uri_prefix(value):
     return value
 
 
+def _key_prefix(value):
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    value = value.strip().strip("/")
+    if not value:
+        return ""
+    _relative_dir(value)  # no '..', '.', empty or absolute parts, no control characters
+    return value + "/"
+
+
+def _endpoint(value):
+    value = _text(value).rstrip("/")
+    if not re.fullmatch(r"https?://[^/?#\s]+", value):
+        raise ValueError("expected http(s)://host[:port] without a path")
+    return value
+
+
+def _readable_file(value):
+    value = os.path.abspath(_text(value))
+    if not os.path.isfile(value):
+        raise ValueError("no such file")
+    return value
+
+
 class Setting(NamedTuple):
     """One setting: its name, default, converter (raises ValueError(reason)) and help line."""
 
@@ -238,6 +264,24 @@ SCHEMA = (
             "'nginx' or 'apache': the front server sends the files' bytes; None: we do"),
     Setting("FILE_OFFLOAD_PREFIX", "/webassets-internal/", _uri_prefix,
             "nginx's internal location that aliases BASE_DIR"),
+    Setting("STORAGE", "local", _choice("local", "s3"),
+            "'local': files under BASE_DIR; 's3': objects in S3_BUCKET"),
+    Setting("S3_BUCKET", None, _optional(_text), "the bucket of STORAGE = 's3' (required then)"),
+    Setting("S3_PREFIX", "", _key_prefix,
+            "key prefix in the bucket, e.g. 'webassets/'; '': the bucket's root"),
+    Setting("S3_ENDPOINT", None, _optional(_endpoint),
+            "http(s)://host[:port] of an S3-compatible server; None: AWS (by S3_REGION)"),
+    Setting("S3_REGION", "us-east-1", _text, "region the requests are signed for"),
+    Setting("S3_ACCESS_KEY", None, _optional(_text),
+            "access key id; None: AWS_ACCESS_KEY_ID from the environment"),
+    Setting("S3_SECRET_KEY", None, _optional(_text),
+            "secret access key; None: AWS_SECRET_ACCESS_KEY from the environment"),
+    Setting("S3_ADDRESSING", "auto", _choice("auto", "path", "virtual"),
+            "'path' (host/bucket/key), 'virtual' (bucket.host/key) or 'auto'"),
+    Setting("S3_CA_FILE", None, _optional(_readable_file),
+            "PEM file of the CA that signed the endpoint's certificate; None: the system's"),
+    Setting("S3_PART_SIZE", 8 * 1024 ** 2, _integer(5 * 1024 ** 2, 5 * 1024 ** 3),
+            "bytes per part of a multipart upload (memory held per upload)"),
 )
 _SCHEMA_BY_NAME = {setting.name: setting for setting in SCHEMA}
 

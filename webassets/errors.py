@@ -5,7 +5,7 @@ from http import HTTPStatus
 __all__ = [
     "HTTPError", "BadRequest", "Forbidden", "NotFound", "MethodNotAllowed",
     "LengthRequired", "PayloadTooLarge", "RangeNotSatisfiable",
-    "UnprocessableEntity", "InternalServerError", "ServiceUnavailable",
+    "UnprocessableEntity", "InternalServerError", "BadGateway", "ServiceUnavailable",
     "InsufficientStorage",
 ]
 
@@ -92,6 +92,13 @@ class UnprocessableEntity(HTTPError):
 
 class InternalServerError(HTTPError):
     """500: an unexpected error; the traceback is in the log, never in the body."""
+
+
+class BadGateway(HTTPError):
+    """502: the store behind us (a bucket) refused or failed; the details are in the log."""
+
+    status = HTTPStatus.BAD_GATEWAY
+    description = "The storage service failed."
 
 
 class ServiceUnavailable(HTTPError):

@@ -34,6 +34,15 @@ _EXIF_IFD, _SUB_IFDS = 0x8769, 0x014A
 _NESTED_POINTERS = (0x8825, 0xA005)
 
 
+def file_size(f) -> int:
+    """Return the size of a seekable binary file, keeping its position (no fstat: it may be
+    a remote file read in ranges)."""
+    position = f.tell()
+    size = f.seek(0, os.SEEK_END)
+    f.seek(position)
+    return size
+
+
 class BudgetExceeded(Exception):
     """The file needs more reads than ExifRead is allowed for one file."""
 
@@ -49,7 +58,7 @@ class BoundedView(io.RawIOBase):
                  max_reads: int = MAX_READS, max_bytes: int = MAX_BYTES):
         super().__init__()
         self._f = f
-        self._size = os.fstat(f.fileno()).st_size
+        self._size = file_size(f)
         self._pos = 0
         self._reads_left = max_reads
         self._bytes_left = max_bytes
@@ -225,7 +234,7 @@ def sanitize(f, base: int, endian: str) -> Dict[int, bytes]:
     `endian` is ExifRead's byte-order letter ('I' little-endian, anything else big-endian,
     as ExifRead reads it). Raise BudgetExceeded if the structure is too large to walk.
     """
-    size = os.fstat(f.fileno()).st_size
+    size = file_size(f)
     walker = _Sanitizer(f, size, base, "<" if endian == "I" else ">")
     head = walker.read_at(4, 4)
     if len(head) == 4:

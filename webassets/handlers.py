@@ -8,7 +8,8 @@ from xml.sax.saxutils import escape
 
 from . import errors, health, multipart, storage, thumbnails
 from . import metrics as metrics_module
-from .httputil import TEXT_PLAIN, Response, content_disposition, file_response, guess_type
+from .httputil import (TEXT_PLAIN, Response, content_disposition, file_response, guess_type,
+                       read_options)
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,12 @@ def fileget(app, request):
     query = request.query
     coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
     # COMPAT: any type other than T means the original; a missing type too (the reference 500s).
+    options = read_options(request)
     if query.get("type") == "T":
         thumb_name, content_type = _thumbnail(app, coll, name, query.get("scale"))
-        return file_response(request, app.store.open(coll, thumb_name, storage.THUMBNAIL),
+        return file_response(request, app.store.open(coll, thumb_name, storage.THUMBNAIL, options),
                              content_type, offload=app.offload)
-    handle = app.store.open(coll, name)
+    handle = app.store.open(coll, name, options=options)
     disposition = content_disposition(query.get("downloadname"))
     headers = [("Content-Disposition", disposition)] if disposition else []
     return file_response(request, handle, guess_type(name), headers, offload=app.offload)
@@ -136,7 +138,9 @@ class _Upload:
                 part.discard()
                 return
         coll = self.coll if fields_first else self.fields.get("coll")
-        self.staged = self.app.store.stage(coll, known_coll=fields_first)
+        # Specify 6's name is known (and checked): a remote store can stream to its key.
+        self.staged = self.app.store.stage(coll, known_coll=fields_first,
+                                           name=self.fields["store"] if fields_first else None)
         part.copy_to(self.staged)
 
     def finish(self):
@@ -173,13 +177,14 @@ def getmetadata(app, request):
     """Serve EXIF as Specify 6's JSON, or DateTimeOriginal with dt=date (404 if none)."""
     query = request.query
     coll, name = query.get("coll"), storage.check_name(query.get("filename", ""))
-    with app.store.local_copy(coll, name) as path:  # MissingFile -> 404
+    # Seekable: ExifRead reads a few KiB of it (in ranges, from a remote store).
+    with app.store.open(coll, name) as original:  # MissingFile -> 404
         if query.get("dt") == "date":
-            date = app.metadata.date_original(path)
+            date = app.metadata.date_original(original)
             if date is None:
                 raise errors.NotFound("No DateTimeOriginal in this file.")
             return Response(date.encode("utf-8"))
-        exif = app.metadata.read_exif(path)
+        exif = app.metadata.read_exif(original)
     body = json.dumps(exif, indent=4, ensure_ascii=False)
     return Response(body.encode("utf-8"), content_type="application/json")
 
@@ -210,10 +215,10 @@ def getfileref(app, request):
 
 
 def static(app, request, path):
-    """Serve a file under BASE_DIR for the legacy portal (no token)."""
+    """Serve a file of the store (under BASE_DIR, or the bucket's prefix) for the legacy portal."""
     _require_static_access(app)
-    return file_response(request, app.store.open_static(path), guess_type(path),
-                         offload=app.offload)
+    return file_response(request, app.store.open_static(path, read_options(request)),
+                         guess_type(path), offload=app.offload)
 
 
 # ---------------------------------------------------------------------------- monitoring

@@ -10,8 +10,9 @@ from urllib.parse import parse_qsl, quote
 from wsgiref.util import FileWrapper
 
 from . import errors
+from .storage import ReadOptions
 
-__all__ = ["Request", "Response", "Offload", "file_response", "guess_type",
+__all__ = ["Request", "Response", "Offload", "file_response", "read_options", "guess_type",
            "security_headers", "content_disposition", "http_date", "TEXT_PLAIN"]
 
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -255,18 +256,30 @@ class _LimitedFile:
         self.handle.close()
 
 
+def _http_time(value):
+    """Return an HTTP date header's epoch time, None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return None if parsed is None else parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # a date we cannot read (year 99999, ...): send the file
+
+
+def _etags(header):
+    """Return the tags of an If-None-Match header as a tuple ('*' is one), None if absent."""
+    if header is None:
+        return None
+    return tuple(tag.strip() for tag in header.split(","))
+
+
 def _not_modified(request, etag, mtime):
-    match = request.header("If-None-Match")
-    if match is not None:
-        return match.strip() == "*" or etag in [tag.strip() for tag in match.split(",")]
-    since = request.header("If-Modified-Since")
-    if since:
-        try:
-            parsed = email.utils.parsedate_to_datetime(since)
-            return parsed is not None and int(mtime) <= parsed.timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False  # a date we cannot read (year 99999, ...): send the file
-    return False
+    tags = _etags(request.header("If-None-Match"))
+    if tags is not None:
+        return tags == ("*",) or etag in tags
+    since = _http_time(request.header("If-Modified-Since"))
+    return since is not None and int(mtime) <= since
 
 
 def _header_int(digits):
@@ -286,20 +299,33 @@ def _range_bound(digits):
     return 10 ** MAX_HEADER_DIGITS if value is None else value
 
 
+def _range_bounds(header):
+    """Return a single byte range's (first, last) as written (None where absent), or None.
+
+    None means "send the whole file": multiple or malformed ranges (RFC 7233 allows it), or
+    a last byte before the first.
+    """
+    match = _RANGE_RE.fullmatch(header)
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = _range_bound(match.group(1)), _range_bound(match.group(2))
+    if first is not None and last is not None and last < first:
+        return None
+    return first, last
+
+
 def _parse_range(header, size):
     """Return (start, end) inclusive for a single byte range, or None to send all.
 
     Raises RangeNotSatisfiable when the range lies outside the file.
     """
-    match = _RANGE_RE.fullmatch(header)
-    if match is None or (not match.group(1) and not match.group(2)):
-        return None  # multiple or malformed ranges: RFC 7233 lets us send the whole file
-    first, last = _range_bound(match.group(1)), _range_bound(match.group(2))
+    bounds = _range_bounds(header)
+    if bounds is None:
+        return None
+    first, last = bounds
     if first is not None:
         start = first
         end = min(last, size - 1) if last is not None else size - 1
-        if last is not None and last < start:
-            return None
     else:
         start, end = max(size - last, 0), size - 1
         if last == 0:
@@ -307,6 +333,21 @@ def _parse_range(header, size):
     if start >= size:
         raise errors.RangeNotSatisfiable(size)
     return start, end
+
+
+def read_options(request):
+    """Return the storage.ReadOptions of a GET or HEAD, for a store that answers them itself.
+
+    They mean what file_response() does with the same headers: If-Modified-Since only
+    without If-None-Match, one well-formed Range or none.
+    """
+    range_header = request.header("Range")
+    bounds = _range_bounds(range_header) if range_header else None
+    tags = _etags(request.header("If-None-Match"))
+    return ReadOptions(
+        head=request.method == "HEAD", range=bounds,
+        if_range=request.header("If-Range") if bounds is not None else None, if_none_match=tags,
+        if_modified_since=_http_time(request.header("If-Modified-Since")) if tags is None else None)
 
 
 class Offload(NamedTuple):
@@ -365,6 +406,8 @@ def file_response(request, handle, content_type, headers=(), offload=None):
     # The 304 too: a browser merges its headers into the cached 200's.
     common = [("Last-Modified", http_date(mtime)), ("ETag", etag),
               ("Accept-Ranges", "bytes")] + list(headers) + security_headers(content_type)
+    if handle.status is not None:
+        return _answered(handle, content_type, common)
     if _not_modified(request, etag, mtime):
         handle.close()
         return Response(status=304, content_type=None, body=[], headers=common)
@@ -387,4 +430,25 @@ def file_response(request, handle, content_type, headers=(), offload=None):
     response = Response(body, 206, content_type, common)
     response.set_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
     response.set_header("Content-Length", str(end - start + 1))
+    return response
+
+
+def _answered(handle, content_type, common):
+    """Serve a file whose store answered the request's conditionals and Range itself.
+
+    The same statuses and headers as file_response's own answers; the body streams
+    from the store (no sendfile: there is no local file).
+    """
+    if handle.status in (304, 416):
+        handle.close()
+        if handle.status == 416:
+            raise errors.RangeNotSatisfiable(handle.size)
+        return Response(status=304, content_type=None, body=[], headers=common)
+    response = Response(FileWrapper(handle, FILE_BLOCK), handle.status, content_type, common)
+    if handle.status == 206:
+        first, last, size = handle.content_range
+        response.set_header("Content-Range", "bytes %d-%d/%d" % (first, last, size))
+        response.set_header("Content-Length", str(last - first + 1))
+    else:
+        response.set_header("Content-Length", str(handle.size))
     return response

@@ -1,7 +1,9 @@
 """EXIF metadata for /getmetadata: an ExifRead wrapper that never fails on bad EXIF."""
 
+import contextlib
 import inspect
 import logging
+import os
 from typing import Dict, List, Optional
 
 import exifread
@@ -25,8 +27,10 @@ except ImportError:  # ExifRead 3.0 and 3.1
 _HAS_THUMBNAIL_OPTION = "extract_thumbnail" in inspect.signature(exifread.process_file).parameters
 
 
-def read_exif(path: str) -> List[Dict[str, object]]:
+def read_exif(path) -> List[Dict[str, object]]:
     """Return the EXIF tags as [{"Name": group, "Fields": {tag: text}}], [] if none.
+
+    `path` is a file's path, or the file itself open for binary reading and seekable.
 
     Groups are ExifRead's "<Group> <Tag>" keys split on the first space, in file order;
     embedded thumbnails (keys without a group, binary values) are left out. Raise
@@ -43,8 +47,10 @@ def read_exif(path: str) -> List[Dict[str, object]]:
     return [{"Name": group, "Fields": fields} for group, fields in groups.items()]
 
 
-def date_original(path: str) -> Optional[str]:
+def date_original(path) -> Optional[str]:
     """Return EXIF DateTimeOriginal as text ('2015:05:20 12:16:38'), or None if absent.
+
+    `path` as read_exif's.
 
     Raise FileNotFoundError for a missing file; malformed or too costly EXIF gives None.
     """
@@ -54,7 +60,20 @@ def date_original(path: str) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def _process(path: str, details: bool = True, stop_tag: Optional[str] = None) -> dict:
+@contextlib.contextmanager
+def _opened(path):
+    """Yield `path` opened for binary reading, or `path` itself if it is an open file.
+
+    An open file stays open: its owner closes it. (contextlib.nullcontext is 3.7+.)
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        yield path
+        return
+    with open(path, "rb") as f:
+        yield f
+
+
+def _process(path, details: bool = True, stop_tag: Optional[str] = None) -> dict:
     """Return exifread.process_file's tags for `path`, {} if ExifRead fails on its content.
 
     SECURITY: ExifRead never sees the file itself, only an exifbounds.BoundedView of it: its
@@ -65,7 +84,7 @@ def _process(path: str, details: bool = True, stop_tag: Optional[str] = None) ->
     options = {"details": details}
     if stop_tag is not None:
         options["stop_tag"] = stop_tag
-    with open(path, "rb") as f:  # FileNotFoundError propagates: the caller answers 404
+    with _opened(path) as f:  # FileNotFoundError propagates: the caller answers 404
         try:
             # ExifRead's own locator (it differs between versions) says where the TIFF
             # structure starts; run it on a budgeted view too.

@@ -22,7 +22,8 @@ except ImportError:  # not POSIX: single flight holds within one process only
     fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
-from .storage import RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, MissingFile, StorageError
+from .storage import (RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, FileInfo, StorageError,
+                      fresh_by_mtime)
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
@@ -414,31 +415,35 @@ class Thumbnailer:
         """Ensure `store` holds the thumbnail of original `name` at `scale`.
 
         Return (thumbnail name, content type); the thumbnail is then store.open()-able as a
-        storage.THUMBNAIL. It is fresh while the store dates it no earlier than the original;
-        else it is rendered from the store's local_copy() of the original into a scratch
-        directory and published with store.save_thumbnail(). Raise MissingFile (no original),
-        UnknownCollection, UnsafeName and whatever thumbnail() raises.
+        storage.THUMBNAIL. The store judges whether its thumbnail is fresh for this version
+        of the original (store.thumbnail_is_fresh); else it is rendered from the store's
+        local_copy() of the original into a scratch directory and published with
+        store.save_thumbnail(). Raise MissingFile (no original), UnknownCollection,
+        UnsafeName and whatever thumbnail() raises.
         """
         thumb_name = thumbnail_name(name, scale)
-        mtime_ns = store.stat(coll, name).mtime_ns
+        source = store.stat(coll, name)
 
         def is_fresh():
-            try:
-                return store.stat(coll, thumb_name, THUMBNAIL).mtime_ns >= mtime_ns
-            except MissingFile:
-                return False
+            return store.thumbnail_is_fresh(coll, thumb_name, source)
 
         def render(job):
-            self._render_and_save(store, coll, thumb_name, job)
+            # Only the flight's leader fetches the original (a download, from a remote store).
+            with store.local_copy(coll, name) as path:
+                job = job._replace(source=os.path.abspath(path))
+                self._render_and_save(store, coll, thumb_name, job, source)
 
         lease_key = ("thumbnail " + store.static_name(coll, thumb_name, THUMBNAIL)
                      if self.leases else None)
-        want = _Want((coll, thumb_name), (coll, name, mtime_ns, scale), mtime_ns, thumb_name,
-                     scale, is_fresh, render, store if self.leases else None, lease_key)
+        # The ETag names the version (a local store's is made of the mtime and size).
+        want = _Want((coll, thumb_name), (coll, name, source.etag, scale), source.mtime_ns,
+                     thumb_name, scale, is_fresh, render, store if self.leases else None,
+                     lease_key)
         if self._check_fresh(want):
             return thumb_name, want.content_type
-        with store.local_copy(coll, name) as source:
-            return thumb_name, self._ensure(want, source)
+        with store.open(coll, name) as original:  # seekable: a few ranged reads when remote
+            fmt, size = self.inspect_file(original)
+        return thumb_name, self._ensure(want, Job(None, fmt, size, want.mtime_ns, None, scale))
 
     def thumbnail(self, source_path: str, target_path: str, scale: int) -> str:
         """Ensure `target_path` holds a thumbnail of `source_path`; return its content type.
@@ -458,7 +463,9 @@ class Thumbnailer:
                      None, None)
         if self._check_fresh(want):
             return want.content_type
-        return self._ensure(want, source_path)
+        fmt, size = self.inspect(source_path)
+        return self._ensure(want, Job(os.path.abspath(source_path), fmt, size, mtime_ns, None,
+                                      scale))
 
     def _check_fresh(self, want: "_Want") -> bool:
         """Tell (and report) whether the wanted thumbnail is already fresh."""
@@ -466,10 +473,8 @@ class Thumbnailer:
         self.observer.observe_thumbnail(fresh)
         return fresh
 
-    def _ensure(self, want: "_Want", source_path: str) -> str:
+    def _ensure(self, want: "_Want", job: Job) -> str:
         """Render a stale thumbnail once per key (single flight); return its content type."""
-        fmt, size = self.inspect(source_path)
-        job = Job(os.path.abspath(source_path), fmt, size, want.mtime_ns, None, want.scale)
         with self._lock:
             self._raise_remembered_failure(want.failure_key)
             # NOTE: a stat under the engine's lock: cheap on a local disk; a remote store
@@ -488,7 +493,8 @@ class Thumbnailer:
                 raise _copy_error(flight.error)
         return want.content_type
 
-    def _render_and_save(self, store, coll: Optional[str], thumb_name: str, job: Job) -> None:
+    def _render_and_save(self, store, coll: Optional[str], thumb_name: str, job: Job,
+                         source) -> None:
         """Render `job` into a private scratch directory, then store.save_thumbnail() it.
 
         The scratch directory is beside the thumbnail when the store has a local path for
@@ -505,7 +511,7 @@ class Thumbnailer:
             staged = os.path.join(scratch, "thumbnail" + os.path.splitext(thumb_name)[1])
             self.renderer.render(job._replace(target=staged))
             with _disk_full_as_error(scratch):
-                store.save_thumbnail(coll, thumb_name, staged)
+                store.save_thumbnail(coll, thumb_name, staged, source)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -516,14 +522,18 @@ class Thumbnailer:
         Raise FileNotFoundError, NotThumbnailable or ThumbnailError (too many pixels).
         """
         with open(source_path, "rb") as f:
-            fmt = sniff_format(f.read(SNIFF_BYTES))
-            if fmt is None:
-                raise NotThumbnailable("not a thumbnailable image or PDF")
-            if self.can_thumbnail is not None and INPUTS[fmt][1] not in self.can_thumbnail:
-                raise NotThumbnailable("%s thumbnails are disabled" % INPUTS[fmt][1])
-            if not self.formats().get(fmt):
-                raise NotThumbnailable("no %s converter on this server" % fmt.upper())
-            size = read_dimensions(f, fmt)
+            return self.inspect_file(f)
+
+    def inspect_file(self, f) -> Tuple[str, Optional[Tuple[int, int]]]:
+        """Return what inspect() does, of an open seekable binary file at its start."""
+        fmt = sniff_format(f.read(SNIFF_BYTES))
+        if fmt is None:
+            raise NotThumbnailable("not a thumbnailable image or PDF")
+        if self.can_thumbnail is not None and INPUTS[fmt][1] not in self.can_thumbnail:
+            raise NotThumbnailable("%s thumbnails are disabled" % INPUTS[fmt][1])
+        if not self.formats().get(fmt):
+            raise NotThumbnailable("no %s converter on this server" % fmt.upper())
+        size = read_dimensions(f, fmt)
         _check_pixels(size, fmt, self.max_pixels)
         return fmt, size
 
@@ -810,7 +820,8 @@ def _free_bytes(directory: str) -> float:
 
 def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:
     try:
-        return os.stat(target_path).st_mtime_ns >= source_mtime_ns
+        return fresh_by_mtime(FileInfo.from_stat(os.stat(target_path)),
+                              FileInfo(0, source_mtime_ns))
     except FileNotFoundError:
         return False
 

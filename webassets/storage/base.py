@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import threading
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,20 @@ class UnknownCollection(StorageError):
 
 class MissingFile(StorageError):
     """The named original or file does not exist."""
+
+
+class StoreUnavailable(StorageError):
+    """The store cannot be reached now (a remote store's connection or 5xx); retry later."""
+
+    retry_after = 5
+
+
+class StoreFailed(StorageError):
+    """The store refused or failed an operation (e.g. a bucket's access denied)."""
+
+
+class BadUpload(StorageError):
+    """An upload cannot be stored as sent (its name changed after its file part)."""
 
 
 def as_us_ascii(name):
@@ -88,10 +102,14 @@ def check_name(name, what="filename"):
 
 
 class FileInfo(NamedTuple):
-    """What the HTTP layer needs to know of a stored file: size, modification time, ETag."""
+    """What the HTTP layer needs to know of a stored file: size, modification time, ETag.
+
+    `tag` is the store's own strong ETag (quoted, e.g. S3's), None to derive one.
+    """
 
     size: int
     mtime_ns: int
+    tag: Optional[str] = None
 
     @property
     def mtime(self):
@@ -101,8 +119,8 @@ class FileInfo(NamedTuple):
 
     @property
     def etag(self):
-        """Return the strong ETag: the same size and mtime give the same tag."""
-        return '"%x-%x"' % (self.mtime_ns, self.size)
+        """Return the strong ETag: the store's, else one from the size and mtime."""
+        return self.tag or '"%x-%x"' % (self.mtime_ns, self.size)
 
     @classmethod
     def from_stat(cls, info):
@@ -193,20 +211,48 @@ def lease_holder(data, default_ttl):
         return None, default_ttl
 
 
+def fresh_by_mtime(thumbnail, source):
+    """Tell whether a thumbnail (FileInfo) is fresh for its source's: dated no earlier."""
+    return thumbnail.mtime_ns >= source.mtime_ns
+
+
+class ReadOptions(NamedTuple):
+    """What an HTTP read asks of a stored file, for a store that answers it itself.
+
+    `range` is one byte range (first, last) as the client wrote it, either bound None when
+    absent (bytes=5- is (5, None), bytes=-3 is (None, 3)); None for the whole file. `if_range`
+    is the If-Range ETag; `if_none_match` the If-None-Match tags ('*' is one); and
+    `if_modified_since` an epoch time, only without `if_none_match`.
+    """
+
+    head: bool = False
+    range: Optional[Tuple[Optional[int], Optional[int]]] = None
+    if_range: Optional[str] = None
+    if_none_match: Optional[Tuple[str, ...]] = None
+    if_modified_since: Optional[float] = None
+
+
 class StoredFile:
     """A stored file open for binary reading, with its FileInfo.
 
     `local_path` is the file's own path when it lives on this machine (so a front
     server may send it: FILE_OFFLOAD), else None. fileno() and tell() reach the
     descriptor, so the built-in server can sendfile(2) it.
+
+    `status` is None when the file is the whole file, for the HTTP layer to answer the
+    request's conditionals and Range itself (the local store). A store that passed
+    ReadOptions on (S3) sets the answer it got: 200 (the whole file), 206 (the bytes
+    `content_range` = (first, last, size) says), 304 (no body) or 416 (no body).
     """
 
     mode = "rb"
 
-    def __init__(self, handle, info, local_path=None):
+    def __init__(self, handle, info, local_path=None, status=None, content_range=None):
         self.file = handle
         self.info = info
         self.local_path = local_path
+        self.status = status
+        self.content_range = content_range
 
     size = property(lambda self: self.info.size)
     mtime = property(lambda self: self.info.mtime)
@@ -257,6 +303,8 @@ class Store:
     name and MissingFile for an absent file; OSError for I/O failures. A backend
     implements collections(); check_collection() and resolve_collection() are shared.
     """
+
+    remote = False  # True for a store over the network (a bucket): its outages may pass
 
     def prepare(self):
         """Create what the store needs before its first request; OSError if it cannot."""
@@ -316,24 +364,40 @@ class Store:
         """Return the FileInfo of a stored file; MissingFile if there is none."""
         raise NotImplementedError
 
-    def open(self, coll, name, kind=ORIGINAL):
-        """Open a stored file for reading: a StoredFile; MissingFile if there is none."""
+    def open(self, coll, name, kind=ORIGINAL, options=None):
+        """Open a stored file for reading: a StoredFile; MissingFile if there is none.
+
+        Without `options` the file is seekable (reading it costs I/O: ExifRead reads a
+        remote file in ranges). With ReadOptions, a store may answer them itself (see
+        StoredFile.status); with options.head it reads no content.
+        """
         raise NotImplementedError
 
-    def stage(self, coll=None, known_coll=False):
-        """Start receiving an upload: an object with write(data), size and discard()."""
+    def stage(self, coll=None, known_coll=False, name=None):
+        """Start receiving an upload: an object with write(data), size and discard().
+
+        `name` is the original's name when it is known already (Specify 6 sends it first).
+        """
         raise NotImplementedError
 
     def save_original(self, coll, name, staged):
         """Publish a staged upload as the original `name` atomically, replacing any other."""
         raise NotImplementedError
 
-    def save_thumbnail(self, coll, name, local_file):
+    def save_thumbnail(self, coll, name, local_file, source=None):
         """Publish the rendered local file `local_file` as thumbnail `name` atomically.
 
-        No reader ever sees half a thumbnail; the stored mtime is no earlier than the
-        local file's (so a thumbnail stays fresh for the original it was made from).
-        The caller removes `local_file` if it is still there.
+        `source` is the FileInfo of the original it was made from: from then on
+        thumbnail_is_fresh() holds for that version of the original. No reader ever sees
+        half a thumbnail. The caller removes `local_file` if it is still there.
+        """
+        raise NotImplementedError
+
+    def thumbnail_is_fresh(self, coll, name, source):
+        """Tell whether thumbnail `name` exists and was made from the original `source`.
+
+        `source` is the original's FileInfo now: the one rule of when a cached thumbnail
+        may be served.
         """
         raise NotImplementedError
 
@@ -428,6 +492,6 @@ class Store:
         """Give a Lease back if it is still this holder's; never raises for one gone."""
         raise NotImplementedError
 
-    def open_static(self, relpath):
-        """Open the file a /static/<relpath> names; UnsafeName if it could leave the store."""
+    def open_static(self, relpath, options=None):
+        """Open the file a /static/<relpath> names (as open()); UnsafeName if it could leave the store."""
         raise NotImplementedError

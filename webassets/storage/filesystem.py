@@ -10,10 +10,11 @@ import stat
 import tempfile
 import time
 
-from .base import (ORIGINAL, THUMBNAIL, COPY_CHUNK, UPLOAD_PREFIX, TEMP_SUFFIX,
-                   TEMP_PREFIXES, NOT_A_FILE, FileInfo, Lease, Listed, MissingFile, Store,
-                   StoredFile, Unfinished, UnknownCollection, UnsafeName, check_name, group_areas,
-                   lease_body, lease_holder, lease_name)
+from .base import (ORIGINAL, THUMBNAIL, COPY_CHUNK, UPLOAD_PREFIX, TEMP_SUFFIX, TEMP_PREFIXES,
+                   NOT_A_FILE, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
+                   Unfinished, UnsafeName, check_name, fresh_by_mtime, lease_body, lease_holder,
+                   lease_name)
+from .layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -178,26 +179,19 @@ class FileStore(Store):
 
     def __init__(self, base_dir, orig_dir="originals", thumb_dir="thumbnails", collection_dirs=None):
         self.base_dir = os.path.abspath(base_dir)
+        self.label = self.base_dir  # what the logs call this store
         self.orig_dir = orig_dir
         self.thumb_dir = thumb_dir
         self.collection_dirs = collection_dirs
+        self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
 
-    def _collection_root(self, coll):
-        if self.collection_dirs is None:
-            # COMPAT: with COLLECTION_DIRS = None the coll parameter is ignored.
-            return self.base_dir
-        try:
-            return os.path.join(self.base_dir, self.collection_dirs[coll])
-        except KeyError:
-            raise UnknownCollection("Unknown collection: %r" % (coll,)) from None
+    def _local(self, relative):
+        """Return the local path of a Layout directory (relative, '/'-separated)."""
+        return os.path.join(self.base_dir, *relative.split("/"))
 
     def _directory(self, coll, kind):
         """Return the local directory of `coll`'s files of `kind`; UnknownCollection."""
-        if kind == ORIGINAL:
-            return os.path.join(self._collection_root(coll), self.orig_dir)
-        if kind == THUMBNAIL:
-            return os.path.join(self._collection_root(coll), self.thumb_dir)
-        raise ValueError("unknown kind of file: %r" % (kind,))
+        return self._local(self.layout.directory(coll, kind))
 
     def _path(self, coll, name, kind):
         return os.path.join(self._directory(coll, kind), check_name(name))
@@ -259,11 +253,11 @@ class FileStore(Store):
 
     def areas(self, coll=None):
         """Return the collection directories (Area), or only `coll`'s; UnknownCollection."""
-        return group_areas(self.collection_dirs, coll)
+        return self.layout.areas(coll)
 
     def collections(self):
         """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
-        return None if self.collection_dirs is None else sorted(self.collection_dirs)
+        return self.layout.collections()
 
     def stat(self, coll, name, kind=ORIGINAL):
         """Return the FileInfo of a stored file; MissingFile if there is none."""
@@ -272,8 +266,11 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             raise MissingFile("File does not exist.") from None
 
-    def open(self, coll, name, kind=ORIGINAL):
-        """Open a stored file for reading: a StoredFile; MissingFile if there is none."""
+    def open(self, coll, name, kind=ORIGINAL, options=None):
+        """Open a stored file for reading: the whole file (the HTTP layer applies `options`).
+
+        MissingFile if there is none.
+        """
         return open_local(self._path(coll, name, kind))
 
     @contextlib.contextmanager
@@ -291,11 +288,11 @@ class FileStore(Store):
         """Return the file's path relative to BASE_DIR, '/'-separated (for /static URLs)."""
         return self._relative(self._path(coll, name, kind))
 
-    def open_static(self, relpath):
-        """Open the file a /static/<relpath> names; UnsafeName, MissingFile."""
+    def open_static(self, relpath, options=None):
+        """Open the file a /static/<relpath> names (as open()); UnsafeName, MissingFile."""
         return open_local(self.static_path(relpath))
 
-    def stage(self, coll=None, known_coll=False):
+    def stage(self, coll=None, known_coll=False, name=None):
         """Start an upload: a StagedFile in the target directory when it is known.
 
         With COLLECTION_DIRS set and the collection not yet known (Specify 7
@@ -311,8 +308,11 @@ class FileStore(Store):
         """Publish a StagedFile as the original `name`, replacing any previous version."""
         staged.commit(self._path(coll, name, ORIGINAL))
 
-    def save_thumbnail(self, coll, name, local_file):
-        """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem)."""
+    def save_thumbnail(self, coll, name, local_file, source=None):
+        """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem).
+
+        The renderer dated `local_file` no earlier than `source`, which makes it fresh.
+        """
         target = self._path(coll, name, THUMBNAIL)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
@@ -326,6 +326,13 @@ class FileStore(Store):
                 mtime_ns = os.stat(local_file).st_mtime_ns
                 os.utime(staged.path, ns=(mtime_ns, mtime_ns))
                 staged.commit(target)
+
+    def thumbnail_is_fresh(self, coll, name, source):
+        """Tell whether thumbnail `name` exists and is dated no earlier than `source`."""
+        try:
+            return fresh_by_mtime(self.stat(coll, name, THUMBNAIL), source)
+        except MissingFile:
+            return False
 
     def delete_thumbnail(self, coll, name):
         """Delete one thumbnail; MissingFile if there is no such thumbnail."""

