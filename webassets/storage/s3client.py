@@ -1,6 +1,5 @@
 """A small S3 client on the standard library: signed requests, retries, multipart uploads."""
 
-import calendar
 import email.utils
 import hashlib
 import http.client
@@ -12,10 +11,17 @@ import ssl
 import threading
 import time
 import urllib.parse
-import xml.etree.ElementTree as ElementTree
 from typing import NamedTuple
 
 from . import sigv4
+from .s3wire import (STATUS_CODES, AccessDenied, InvalidRange, NoSuchKey, ObjectInfo,
+                     PreconditionFailed, S3ConfigError, S3Error, S3Unavailable, error_class,
+                     listed_info, object_headers, object_info, parse_content_range,
+                     parse_http_date, parse_iso_date, parse_xml, quote_etag)
+
+__all__ = ["S3Config", "S3Client", "MultipartWriter", "GetResult", "ObjectInfo", "Stats",
+           "S3Error", "S3ConfigError", "NoSuchKey", "AccessDenied", "PreconditionFailed",
+           "InvalidRange", "S3Unavailable", "parse_xml"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,95 +29,16 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
 SEND_CHUNK = MiB
 PAGE_SIZE = 1000  # ListObjectsV2's own maximum
-RETRY_STATUSES = frozenset([500, 502, 503, 504])
-RETRY_CODES = frozenset(["RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable",
-                         "ConnectionError"])
-AUTH_CODES = frozenset(["AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId",
-                        "InvalidToken", "ExpiredToken", "InvalidSecurity", "AccountProblem",
-                        "AuthorizationHeaderMalformed", "RequestTimeTooSkewed"])
+COPY_LIMIT = 5 * 1024 * MiB  # CopyObject's maximum; larger objects are copied in parts
+COPY_PART_SIZE = 512 * MiB
 BACKOFF_BASE = 0.1  # seconds before the first retry; doubles with each
 BACKOFF_CAP = 5.0
 SKEW_STEP = 2.0  # Date has whole seconds: a smaller difference is no news
 DRAIN_LIMIT = 64 * 1024  # an unread rest up to this is read to keep the connection
 IDLE_PER_HOST = 4  # idle keep-alive connections kept per thread and host
-STATUS_CODES = {403: "AccessDenied", 404: "NoSuchKey", 412: "PreconditionFailed",
-                416: "InvalidRange"}  # for error answers without a body (HEAD)
+# Errors that mean a kept-alive connection was closed by the server before our request.
+STALE_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
-XML_DECLARATIONS = re.compile(br"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
-
-
-# --- errors ---------------------------------------------------------------------
-
-class S3ConfigError(ValueError):
-    """The S3 settings cannot work (no credentials, a bad endpoint or addressing)."""
-
-
-class S3Error(Exception):
-    """An S3 request failed: .status (HTTP, 0 if none), .code (S3's), .message, .request_id, .key."""
-
-    def __init__(self, status, code, message="", request_id=None, key=None):
-        super().__init__(status, code, message, request_id, key)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.key = key
-
-    def __str__(self):
-        return "S3 %s%s: %s%s%s" % (
-            self.status or "", (" " + self.code) if self.code else "",
-            ("%r: " % self.key) if self.key is not None else "", self.message,
-            (" (request %s)" % self.request_id) if self.request_id else "")
-
-
-class NoSuchKey(S3Error):
-    """404: no object under the key."""
-
-
-class AccessDenied(S3Error):
-    """403: refused, including bad signatures, unknown keys and skewed clocks."""
-
-
-class PreconditionFailed(S3Error):
-    """412 (or 409 ConditionalRequestConflict): a conditional write found the key taken."""
-
-
-class InvalidRange(S3Error):
-    """416: the Range starts past the end; .size is the object's size when the server said."""
-
-    size = None
-
-
-class S3Unavailable(S3Error):
-    """Connection errors, 5xx, RequestTimeout or SlowDown still failing after the retries."""
-
-
-def _error_class(status, code):
-    """Return the S3Error subclass for an answer's status and code."""
-    if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
-        return PreconditionFailed
-    if code in AUTH_CODES or status == 403:
-        return AccessDenied
-    if code == "NoSuchKey":
-        return NoSuchKey
-    if code == "InvalidRange" or status == 416:
-        return InvalidRange
-    if code in RETRY_CODES or status in RETRY_STATUSES:
-        return S3Unavailable
-    return S3Error
-
-
-# --- values -----------------------------------------------------------------------
-
-class ObjectInfo(NamedTuple):
-    """One object: size, ETag (quoted, as served), last_modified (epoch float), type, metadata."""
-
-    key: str
-    size: int
-    etag: str
-    last_modified: float
-    content_type: object = None  # None in listings
-    metadata: dict = {}  # x-amz-meta-* headers, names without the prefix, lower case
 
 
 class S3Config:
@@ -206,74 +133,14 @@ class Stats:
                     "seconds": dict(self._seconds)}
 
 
-# --- pure helpers -------------------------------------------------------------------
+# --- helpers -----------------------------------------------------------------------
 
-def parse_xml(data, status=200, key=None):
-    """Return the root element of an S3 XML answer, namespaces stripped from the tags.
-
-    SECURITY: S3 answers never declare a DOCTYPE or entities, so a body that does is
-    refused before parsing (no entity expansion, no external entities): S3Error.
-    """
-    if XML_DECLARATIONS.search(data):
-        raise S3Error(status, "UnsafeXML", "the answer declares a DOCTYPE or entities",
-                      key=key)
-    try:
-        root = ElementTree.fromstring(data)
-    except ElementTree.ParseError as ex:
-        raise S3Error(status, "MalformedXML", "unreadable answer: %s" % ex, key=key) from None
-    for element in root.iter():
-        if element.tag.startswith("{"):
-            element.tag = element.tag.partition("}")[2]
-    return root
-
-
-def parse_http_date(value):
-    """Return the epoch seconds of an HTTP date, or None if there is none or it is bad."""
-    parsed = email.utils.parsedate_tz(value) if value else None
-    return float(email.utils.mktime_tz(parsed)) if parsed else None
-
-
-def parse_iso_date(value):
-    """Return the epoch seconds of S3's ISO 8601 time (2026-12-02T08:09:03.000Z), or None."""
-    match = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?", value or "")
-    if not match:
-        return None
-    whole = calendar.timegm(tuple(int(part) for part in match.groups()[:6]))
-    return whole + float(match.group(7) or 0)
-
-
-def parse_content_range(value):
-    """Return (start, end, total) of a `bytes a-b/n` Content-Range, or None."""
-    match = re.match(r"bytes (\d+)-(\d+)/(\d+)\Z", (value or "").strip())
-    return tuple(int(part) for part in match.groups()) if match else None
-
-
-def _object_info(key, headers, size):
-    metadata = {name.lower()[len("x-amz-meta-"):]: value for name, value in headers.items()
-                if name.lower().startswith("x-amz-meta-")}
-    return ObjectInfo(key, size, headers.get("ETag", ""),
-                      parse_http_date(headers.get("Last-Modified")),
-                      headers.get("Content-Type"), metadata)
-
-
-def _listed_info(element):
-    return ObjectInfo(element.findtext("Key"), int(element.findtext("Size") or 0),
-                      element.findtext("ETag") or "",
-                      parse_iso_date(element.findtext("LastModified")))
-
-
-def _object_headers(content_type, metadata):
-    """Return the headers that store a Content-Type and x-amz-meta-* metadata."""
-    headers = {}
-    if content_type:
-        headers["content-type"] = content_type
-    for name, value in (metadata or {}).items():
-        try:
-            (name + str(value)).encode("ascii")
-        except UnicodeEncodeError:
-            raise ValueError("S3 metadata must be ASCII: %r" % name) from None
-        headers["x-amz-meta-" + name.lower()] = str(value)
-    return headers
+def _is_tls_refusal(error):
+    """Return whether a connection failed on TLS itself (a certificate), not on the network."""
+    if isinstance(error, ssl.CertificateError):
+        return True
+    return isinstance(error, ssl.SSLError) and not isinstance(
+        error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError))
 
 
 def backoff(attempt):
@@ -400,6 +267,8 @@ class S3Client:
         self.clock_offset = 0.0
         self.stats = Stats()
         self.page_size = PAGE_SIZE
+        self.copy_limit = COPY_LIMIT
+        self.copy_part_size = COPY_PART_SIZE
         self._local = threading.local()
         self._ssl = None
         if config.scheme == "https":
@@ -410,7 +279,7 @@ class S3Client:
     def head(self, key):
         """Return the ObjectInfo of `key`; NoSuchKey if there is none."""
         reply = self._request("head", "HEAD", key)
-        return _object_info(key, reply.headers, int(reply.headers.get("Content-Length", 0)))
+        return object_info(key, reply.headers, int(reply.headers.get("Content-Length", 0)))
 
     def get(self, key, range=None, if_none_match=None, if_modified_since=None):
         """Start reading `key`: a GetResult to read and close; NoSuchKey, InvalidRange.
@@ -436,12 +305,15 @@ class S3Client:
             size = content_range[2]
         elif reply.status == 200:
             size = int(reply.headers.get("Content-Length", 0))
-        info = _object_info(key, reply.headers, size)
+        info = object_info(key, reply.headers, size)
         return GetResult(reply.status, info, content_range if reply.status == 206 else None,
                          reply)
 
     def get_bytes(self, key, start, end):
-        """Return bytes start..end (inclusive) of `key`, fewer past its end; NoSuchKey, InvalidRange."""
+        """Return bytes start..end (inclusive) of `key`, fewer past its end.
+
+        NoSuchKey; InvalidRange if `start` is past the end.
+        """
         with self.get(key, range="bytes=%d-%d" % (start, end)) as result:
             data = result.read()
         return data if result.status == 206 else data[start:end + 1]
@@ -453,7 +325,7 @@ class S3Client:
         end. PreconditionFailed if if_none_match_star and the key exists (on servers
         that support conditional writes; others overwrite).
         """
-        headers = _object_headers(content_type, metadata)
+        headers = object_headers(content_type, metadata)
         if if_none_match_star:
             headers["if-none-match"] = "*"
         reply = self._request("put", "PUT", key, headers=headers, body=_Body(data))
@@ -466,6 +338,27 @@ class S3Client:
         except NoSuchKey:
             pass
 
+    def copy(self, source, target):
+        """Copy object `source` to `target` on the server (no bytes pass through here).
+
+        Content-Type and metadata go along. Return the new ETag; NoSuchKey if
+        `source` is absent. Objects over copy_limit (S3's 5 GiB) are copied in parts.
+        """
+        info = self.head(source)
+        if info.size > self.copy_limit:
+            with self.writer(target, info.content_type, info.metadata) as writer:
+                for start in range(0, info.size, self.copy_part_size):
+                    writer.copy_part(source, start,
+                                     min(info.size, start + self.copy_part_size) - 1)
+                return writer.commit()
+        reply = self._request("copy", "PUT", target, body=_Body(b""), error_in_body=True,
+                              headers={"x-amz-copy-source": self.copy_source(source)})
+        return quote_etag(parse_xml(reply.data, reply.status, target).findtext("ETag"))
+
+    def copy_source(self, key):
+        """Return the x-amz-copy-source value naming `key` of this bucket."""
+        return sigv4.uri_encode(self.config.bucket + "/" + key, keep_slash=True)
+
     def writer(self, key, content_type=None, metadata=None, part_size=DEFAULT_PART_SIZE):
         """Return a MultipartWriter storing what is written under `key` on commit()."""
         return MultipartWriter(self, key, content_type, metadata, part_size)
@@ -477,7 +370,7 @@ class S3Client:
         for page in self._pages("list", [("list-type", "2"), ("prefix", prefix)],
                                 start_after, page_size):
             for element in page.findall("Contents"):
-                yield _listed_info(element)
+                yield listed_info(element)
 
     def list_prefixes(self, prefix, delimiter="/", page_size=None):
         """Yield the common prefixes ("directories") right under `prefix`."""
@@ -568,10 +461,14 @@ class S3Client:
             try:
                 response = self._exchange(conn, method, url, signed, body)
                 data = b"" if stream and response.status in ok else response.read()
-            except (OSError, http.client.HTTPException) as ex:
+            except (OSError, http.client.HTTPException, ssl.CertificateError) as ex:
                 conn.close()
+                if _is_tls_refusal(ex):  # a wrong certificate stays wrong: no retry
+                    self.stats.error("TLSError")
+                    raise S3Error(0, "TLSError", "%s: %s" % (self.config.endpoint, ex),
+                                  key=key) from None
                 self.stats.error("ConnectionError")
-                if reused and not stale_retried:
+                if reused and isinstance(ex, STALE_ERRORS) and not stale_retried:
                     stale_retried = True  # the server closed an idle keep-alive connection
                     continue
                 error = S3Unavailable(0, "ConnectionError", "%s %s: %s" % (
@@ -651,7 +548,7 @@ class S3Client:
             code = root.findtext("Code") or code
             message = root.findtext("Message") or message
             request_id = root.findtext("RequestId") or request_id
-        error = _error_class(status, code)(status, code, message, request_id, key)
+        error = error_class(status, code)(status, code, message, request_id, key)
         if isinstance(error, InvalidRange):
             total = root.findtext("ActualObjectSize") if root is not None else None
             if total is None:
@@ -721,7 +618,7 @@ class MultipartWriter:
         self.uploaded = 0  # bytes sent as parts
         self.peak_buffered = 0
         self.upload_id = None
-        self._headers = _object_headers(content_type, metadata)
+        self._headers = object_headers(content_type, metadata)
         self._buffer = bytearray()
         self._parts = []
         self._state = "open"
@@ -741,23 +638,42 @@ class MultipartWriter:
             self.peak_buffered = max(self.peak_buffered, len(self._buffer))
         return len(data)
 
-    def _send_part(self):
-        client = self.client
+    def _next_part(self):
+        """Start the multipart upload if need be; return [(partNumber, n), (uploadId, id)]."""
         if self.upload_id is None:
-            reply = client._request("create_multipart", "POST", self.key, [("uploads", "")],
-                                    headers=dict(self._headers), body=_Body(b""))
+            reply = self.client._request("create_multipart", "POST", self.key,
+                                         [("uploads", "")], headers=dict(self._headers),
+                                         body=_Body(b""))
             page = parse_xml(reply.data, reply.status, self.key)
             self.upload_id = page.findtext("UploadId")
             if not self.upload_id:
                 raise S3Error(200, "NoUploadId", "CreateMultipartUpload gave no UploadId",
                               key=self.key)
-        number = len(self._parts) + 1
-        reply = client._request("upload_part", "PUT", self.key,
-                                [("partNumber", str(number)), ("uploadId", self.upload_id)],
-                                body=_Body(self._buffer))
-        self._parts.append((number, reply.headers.get("ETag", "")))
+        return [("partNumber", str(len(self._parts) + 1)), ("uploadId", self.upload_id)]
+
+    def _send_part(self):
+        params = self._next_part()
+        reply = self.client._request("upload_part", "PUT", self.key, params,
+                                     body=_Body(self._buffer))
+        self._parts.append((len(self._parts) + 1, reply.headers.get("ETag", "")))
         self.uploaded += len(self._buffer)
         del self._buffer[:]
+
+    def copy_part(self, source, start, end):
+        """Add bytes start..end (inclusive) of object `source` as the next part, copied
+        by the server (UploadPartCopy); only before anything is written."""
+        if self._state != "open" or self._buffer:
+            raise ValueError("copy_part into a %s S3 upload" % (
+                "written" if self._state == "open" else self._state))
+        params = self._next_part()
+        headers = {"x-amz-copy-source": self.client.copy_source(source),
+                   "x-amz-copy-source-range": "bytes=%d-%d" % (start, end)}
+        reply = self.client._request("upload_part_copy", "PUT", self.key, params,
+                                     headers=headers, body=_Body(b""), error_in_body=True)
+        etag = quote_etag(parse_xml(reply.data, reply.status, self.key).findtext("ETag"))
+        self._parts.append((len(self._parts) + 1, etag))
+        self.size += end - start + 1
+        self.uploaded += end - start + 1
 
     def commit(self):
         """Store what was written under the key; return its ETag (S3Error: aborted)."""
@@ -790,7 +706,7 @@ class MultipartWriter:
         reply = self.client._request("complete_multipart", "POST", self.key,
                                      [("uploadId", self.upload_id)],
                                      body=_Body(body.encode("ascii")), error_in_body=True)
-        etag = parse_xml(reply.data, reply.status, self.key).findtext("ETag") or ""
+        etag = quote_etag(parse_xml(reply.data, reply.status, self.key).findtext("ETag"))
         if not etag.strip('"'):
             # COMPAT: Ceph RGW can answer Complete with an empty ETag.
             etag = self.client.head(self.key).etag

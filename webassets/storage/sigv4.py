@@ -69,7 +69,7 @@ def authorization(method, path, params, headers, payload_hash, access_key, secre
     scope = "%s/%s/%s/aws4_request" % (date[:8], region, service)
     to_sign = "\n".join([ALGORITHM, date, scope,
                          hashlib.sha256(request.encode("utf-8")).hexdigest()])
-    signature = hmac.new(signing_key(secret_key, date[:8], region, service), to_sign.encode("utf-8"),
-                         hashlib.sha256).hexdigest()
+    key = signing_key(secret_key, date[:8], region, service)
+    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
     return "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
         ALGORITHM, access_key, scope, signed_headers, signature)

@@ -1,0 +1,44 @@
+"""The boto3 floors of bench/s3cases.py: one timed transfer, run by the S3 tools venv's Python.
+
+    python s3boto.py upload|download|get ENDPOINT REGION ACCESS SECRET BUCKET KEY FILE
+
+upload: upload_file(FILE) (boto3's multipart transfer, its defaults); download:
+download_fileobj into FILE (boto3's ranged, concurrent download); get: one
+get_object streamed into FILE. Prints {"seconds": s} timed around the transfer alone.
+"""
+
+import json
+import sys
+import time
+
+import boto3
+import botocore.config
+
+CHUNK = 1024 * 1024
+
+
+def main(argv):
+    op, endpoint, region, access_key, secret_key, bucket, key, path = argv[1:9]
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=botocore.config.Config(s3={"addressing_style": "path"}))
+    client.head_bucket(Bucket=bucket)  # connect and sign once before the clock starts
+    began = time.perf_counter()
+    if op == "upload":
+        client.upload_file(path, bucket, key)
+    elif op == "download":
+        with open(path, "wb") as target:
+            client.download_fileobj(bucket, key, target)
+    elif op == "get":
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        with open(path, "wb") as target:
+            for chunk in iter(lambda: body.read(CHUNK), b""):
+                target.write(chunk)
+    else:
+        raise SystemExit("unknown operation %r" % op)
+    print(json.dumps({"seconds": time.perf_counter() - began}))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
