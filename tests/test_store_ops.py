@@ -3,14 +3,17 @@
 import hashlib
 import os
 import threading
+import uuid
 
 import pytest
 
+from tests.fake_s3 import FakeS3Client
 from tests.fakes import MemoryStore
 from tests.helpers import COLL, call, make_settings
 from webassets import metrics, storage
 from webassets.app import create_app
 from webassets.storage import FileStore, Lease, Listed, UnknownCollection
+from webassets.storage.s3 import S3Store
 
 COLLS = {"Fish": "fish", "Fish Tissue": "fish", "Birds": "birds"}
 
@@ -27,13 +30,31 @@ def save_thumbnail(store, tmp_path, coll, name, data):
     store.save_thumbnail(coll, name, str(rendered))
 
 
-@pytest.fixture(params=["file", "memory", "memory-md5"])
+_BUCKETS = {}  # S3 server name -> this module's bucket on it
+
+
+def s3_store(request, kind, collection_dirs=COLLS):
+    """Return an S3Store under a fresh prefix: on FakeS3Client ('s3-fake') or a real server."""
+    if kind == "s3-fake":
+        client = FakeS3Client()
+    else:
+        server = request.getfixturevalue(kind)  # skips when the server is not installed
+        if kind not in _BUCKETS:
+            _BUCKETS[kind] = server.new_bucket("ops")
+        client = server.client(_BUCKETS[kind])
+    prefix = "t-%s/" % uuid.uuid4().hex[:12]
+    return S3Store(client, prefix, collection_dirs=collection_dirs, label="s3://b/" + prefix)
+
+
+@pytest.fixture(params=["file", "memory", "memory-md5", "s3-fake", "seaweedfs", "moto"])
 def any_store(request, tmp_path):
     """A store of each kind with the collections of COLLS (MemoryStore: one area each)."""
     if request.param == "file":
         store = FileStore(str(tmp_path / "store"), collection_dirs=COLLS)
-    else:
+    elif request.param.startswith("memory"):
         store = MemoryStore(colls=set(COLLS), md5=request.param == "memory-md5")
+    else:
+        store = s3_store(request, request.param)
     store.prepare()
     return store
 

@@ -506,7 +506,8 @@ class S3Store(Store):
             if name.startswith(TEMP_PREFIXES):
                 continue
             match = _MD5_ETAG.match(obj.etag or "")
-            found.append(Listed(name, obj.size or 0, int(round(obj.last_modified * 1e9)),
+            # Whole seconds, as stat() has them from Last-Modified (a listing may have ms).
+            found.append(Listed(name, obj.size or 0, int(obj.last_modified) * 10 ** 9,
                                 match.group(1).lower() if match else None, False,
                                 SUB_PREFIX if "/" in name else None))
         return sorted(found)
@@ -575,7 +576,9 @@ class S3Store(Store):
         except NoSuchKey:
             return True  # released meanwhile
         held_ttl = lease_holder(data, ttl)[1]
-        if time.time() + self.client.clock_offset < taken + held_ttl:
+        # NOTE: Last-Modified and Date (clock_offset) have whole seconds: a lease may end
+        # up to a second early, never late.
+        if time.time() + self.client.clock_offset + 1 < taken + held_ttl:
             return False
         self.client.delete(lease_key)
         return True
