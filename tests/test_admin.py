@@ -248,7 +248,7 @@ def test_prune_keeps_every_size_without_a_ladder(capsys, tmp_path, store):
 ])
 def test_thumbnail_ownership_matches_the_server(original, thumb, owned):
     parsed = thumbnails.parse_thumbnail_name(thumb)
-    found = parsed is not None and admin._Owners([original]).owner(thumb, parsed[0]) is not None
+    found = parsed is not None and admin.Owners([original]).owner(thumb, parsed[0]) is not None
     assert found == owned == thumbnails.is_thumbnail_of(original, thumb)
 
 

@@ -16,14 +16,14 @@ from .progress import Progress
 logger = logging.getLogger(__name__)
 
 __all__ = ["pregen", "prune", "fsck", "stats", "human_size", "run_bounded", "Report", "shown_name",
-           "unsafe_reason", "is_served"]
+           "unsafe_reason", "is_served", "Owners"]
 
 DEFAULT_GRACE = 3600  # seconds: unfinished work younger than this may belong to a live request
 DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
 MAX_LISTED_FAILURES = 20
 
 
-class _Owners:
+class Owners:
     """The originals of one area, indexed to find a thumbnail's original quickly."""
 
     def __init__(self, names):
@@ -32,9 +32,14 @@ class _Owners:
             self._by_root.setdefault(os.path.splitext(name)[0], []).append(name)
 
     def owner(self, thumb_name, root):
-        """Return the original `thumb_name` belongs to, or None (an orphan)."""
+        """Return the original `thumb_name` (parsed: its `root`) belongs to, or None (an orphan)."""
         return next((name for name in self._by_root.get(root, ())
                      if thumbnails.is_thumbnail_of(name, thumb_name)), None)
+
+    def of(self, thumb_name):
+        """Return the original `thumb_name` belongs to, or None (an orphan or not a thumbnail)."""
+        parsed = thumbnails.parse_thumbnail_name(thumb_name)
+        return None if parsed is None else self.owner(thumb_name, parsed[0])
 
 
 def unsafe_reason(name):
@@ -254,7 +259,7 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
     listings = [(coll, [listed.name for listed in store.scan(coll, storage.THUMBNAIL)
                         if is_served(listed) and not listed.link])
                 for coll in _walked_colls(store)]
-    listings = [(coll, thumbs, _Owners(store.list(coll))) for coll, thumbs in listings]
+    listings = [(coll, thumbs, Owners(store.list(coll))) for coll, thumbs in listings]
     total = sum(len(thumbs) for _, thumbs, _ in listings)
     sizes = frozenset(settings.THUMBNAIL_SIZES or ())
     with Progress("prune", total, enabled=not quiet) as bar:
@@ -354,7 +359,7 @@ def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=N
             _check_unfinished(store, item, report, dry_run, grace, now)
             bar.update()
         for coll, originals, thumbs in listings:
-            owners = _Owners(listed.name for listed in originals)
+            owners = Owners(listed.name for listed in originals)
             for listed in originals:
                 _check_original(store, coll, listed, report)
                 bar.update()

@@ -8,7 +8,7 @@ import threading
 from typing import NamedTuple, Optional
 
 from . import storage
-from .admin import Report, human_size, is_served, run_bounded, shown_name, unsafe_reason
+from .admin import Owners, Report, human_size, is_served, run_bounded, shown_name, unsafe_reason
 from .exitcodes import EXIT_ATTENTION, EXIT_OK
 from .progress import Progress
 
@@ -31,6 +31,7 @@ class _Item(NamedTuple):
     kind: str
     source: storage.Listed
     target: Optional[storage.Listed]  # None: not in the target
+    owner: Optional[str]  # a thumbnail's original (None: an orphan, or an original)
 
 
 class _Digests:
@@ -101,11 +102,13 @@ class _Migration:
         Originals go first so a copied thumbnail is never older than its copied original
         (the target would render it again).
         """
-        items = []
-        for kind in (storage.ORIGINAL, storage.THUMBNAIL):
-            for area in self.source.areas():
-                items.extend(self._plan_area(area.coll, kind))
-        return items
+        colls = [area.coll for area in self.source.areas()]
+        originals = [item for coll in colls for item in self._plan_area(coll, storage.ORIGINAL)]
+        owners = {coll: Owners(item.source.name for item in originals if item.coll == coll)
+                  for coll in colls}
+        return originals + [item._replace(owner=owners[coll].of(item.source.name))
+                            for coll in colls
+                            for item in self._plan_area(coll, storage.THUMBNAIL)]
 
     def _plan_area(self, coll, kind):
         there = {listed.name: listed for listed in self.target.scan(coll, kind)}
@@ -119,7 +122,7 @@ class _Migration:
                                                                     listed.name, kind),
                                 listed.problem or unsafe_reason(listed.name))
                 continue
-            items.append(_Item(coll, kind, listed, present))
+            items.append(_Item(coll, kind, listed, present, None))
         self.only_in_target += len(there)
         return items
 
@@ -188,16 +191,27 @@ class _Migration:
                     staged.discard()
                 return digests
             # A thumbnail is published from a local file (Store.save_thumbnail); this one is
-            # dated now, after its original's copy, so the target finds it fresh.
+            # dated now, after its original's copy, and made from the target's original:
+            # the target finds it fresh.
             fd, local = tempfile.mkstemp(prefix="webassets-migrate-")
             try:
                 with os.fdopen(fd, "wb") as copy:
                     _pump(handle, copy, digests)
-                self.target.save_thumbnail(item.coll, item.source.name, local)
+                self.target.save_thumbnail(item.coll, item.source.name, local,
+                                           self._original_info(item))
             finally:
                 if os.path.exists(local):
                     os.unlink(local)
         return digests
+
+    def _original_info(self, item):
+        """Return the FileInfo of a thumbnail's original in the target, or None."""
+        if item.owner is None:
+            return None
+        try:
+            return self.target.stat(item.coll, item.owner)
+        except storage.MissingFile:
+            return None
 
     def _verify(self, item, written, shown):
         """Raise StorageError unless the target now holds exactly the bytes sent."""

@@ -28,6 +28,8 @@ SOURCE_ETAG = "source-etag"
 READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
 LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
+PROBE = b"webassets check"  # what `check` writes, reads back and deletes
+CLOCK_WARN_SECONDS = 30  # `check` warns about a clock this far off the server's
 SUB_PREFIX = "key below a sub-prefix"  # Listed.problem: originals/a/b.jpg is never served
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?\Z')  # a single-part, unencrypted object's ETag
 
@@ -219,9 +221,12 @@ class S3Store(Store):
     def prepare(self):
         """Nothing to create: the bucket exists (problem() says if it does not)."""
 
+    def _probe_key(self):
+        return "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+
     @_s3_errors
     def _probe(self):
-        key = "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+        key = self._probe_key()
         self.client.put(key, b"")
         self.client.delete(key)
 
@@ -234,16 +239,58 @@ class S3Store(Store):
         return None
 
     def describe(self):
-        """Return [(status, line)]: the bucket writable, then where each collection's files go."""
-        problem = self.problem()
-        if problem:
-            return [("FAIL", problem)]
-        rows = [("ok", "%s is writable (objects written and deleted)" % self.label)]
+        """Return [(status, line)]: write, read, conditional write and delete of a probe object,
+        the clock offset, then where each collection's files go.
+        """
+        key = self._probe_key()
+        try:
+            self.client.put(key, PROBE)
+        except S3Error as ex:
+            return [("FAIL", "%s: cannot write an object: %s" % (self.location(), _translated(ex)))]
+        rows = [("ok", "%s: an object was written" % self.location())]
+        try:
+            rows.append(self._read_row(key))
+            rows.append(self._conditional_row(key))
+        finally:
+            rows.append(self._delete_row(key))
+        offset = self.client.clock_offset
+        rows.append(("ok" if abs(offset) <= CLOCK_WARN_SECONDS else "warn",
+                     "clock offset to the S3 server: %+.0f s%s" % (offset, (
+                         "" if abs(offset) <= CLOCK_WARN_SECONDS else
+                         ": set this machine's clock (NTP); tokens are judged by it"))))
         for area in self.areas():
             names = " (%s)" % ", ".join(area.colls) if area.colls else ""
             rows.append(("ok", "%s%s and %s%s" % (self._dir_key(area.coll, ORIGINAL), names,
                                                   self._dir_key(area.coll, THUMBNAIL), names)))
         return rows
+
+    def _read_row(self, key):
+        try:
+            same = self.client.get_bytes(key, 0, len(PROBE) - 1) == PROBE
+        except S3Error as ex:
+            return ("FAIL", "cannot read the object back: %s" % _translated(ex))
+        return ("ok", "it was read back") if same else ("FAIL", "it reads back other bytes")
+
+    def _conditional_row(self, key):
+        try:
+            self.client.put(key, b"", if_none_match_star=True)
+        except PreconditionFailed:
+            return ("ok", "conditional writes (If-None-Match: *) work: THUMBNAIL_LEASES may be on")
+        except S3Error as ex:
+            return ("warn", "conditional writes (If-None-Match: *) fail: %s" % _translated(ex))
+        # NOTE: leases are advisory, so this costs duplicate conversions, never wrong files.
+        return ("warn", "the server ignores conditional writes (If-None-Match: *): with "
+                        "THUMBNAIL_LEASES instances may still convert one thumbnail twice")
+
+    def _delete_row(self, key):
+        try:
+            self.client.delete(key)
+            self.client.head(key)
+        except NoSuchKey:
+            return ("ok", "it was deleted")
+        except S3Error as ex:
+            return ("FAIL", "cannot delete the object %s: %s" % (key, _translated(ex)))
+        return ("FAIL", "the object %s is still there after its delete" % key)
 
     def free_space(self):
         """Return None: a bucket has no free space to report."""
