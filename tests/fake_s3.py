@@ -150,12 +150,11 @@ class FakeS3Client:
                                                   content_type, dict(metadata or {})))
         return etag
 
-    def copy(self, source_key, key, content_type=None, metadata=None):
+    def copy(self, source, target):
         self.count("copy")
-        data, info = self._object(source_key)
+        data, info = self._object(source)
         self.requests["put"] -= 1
-        return self.put(key, data, content_type or info.content_type,
-                        info.metadata if metadata is None else metadata)
+        return self.put(target, data, info.content_type, info.metadata)
 
     def delete(self, key):
         self.count("delete")

@@ -1,12 +1,12 @@
 """The stores a test app runs on (local, S3 servers), and what a test sees of a store's files."""
 
 import os
+import time
 import uuid
 
-from tests.fake_s3 import FakeS3Client
-from tests.helpers import COLL
+from tests.helpers import COLL, make_settings
 from webassets import storage
-from webassets.storage import factory
+from webassets.app import create_app
 from webassets.storage.s3 import S3Store
 
 # S3 servers of tests/s3servers.py, by the name of their session fixture.
@@ -26,18 +26,6 @@ class LocalBackend:
     def store(self, settings):
         """Return the store to build the app with (None: the one the settings make)."""
         return None
-
-
-class FakeS3Backend(LocalBackend):
-    """S3Store over tests.fake_s3's in-memory client, a fresh bucket per app."""
-
-    name = "s3-fake"
-
-    def overrides(self):
-        return {"STORAGE": "s3", "S3_BUCKET": "fake", "S3_PART_SIZE": SMALL_PART}
-
-    def store(self, settings):
-        return factory.open_store(settings, client=FakeS3Client())
 
 
 class S3Backend(LocalBackend):
@@ -63,6 +51,13 @@ class S3Backend(LocalBackend):
                 "S3_REGION": server.region, "S3_ACCESS_KEY": server.access_key,
                 "S3_SECRET_KEY": server.secret_key, "S3_ADDRESSING": "path",
                 "S3_PREFIX": "t-%s/" % uuid.uuid4().hex[:12], "S3_PART_SIZE": SMALL_PART}
+
+
+def app_on(backend, base_dir, clock=time.time, tools=None, **overrides):
+    """Return a real app on `backend`'s store (CFG-A and `overrides`; BASE_DIR `base_dir`)."""
+    values = dict(backend.overrides(), **overrides)
+    settings = make_settings(base_dir, **values)
+    return create_app(settings, store=backend.store(settings), clock=clock, tools=tools)
 
 
 def is_s3(app):

@@ -22,6 +22,7 @@ from tests.deploy_util import read_etc, which
 from tests.helpers import KEY, call, make_app, sp7_upload, token
 from tests.lifecycle import (XML_TYPES, HTTPClient, Sp7Backend, WSGIClient, expect,
                              sp6_lifecycle, sp7_lifecycle, trusting)
+from tests.stores import app_on
 from webassets import __main__ as cli
 from webassets import config, server, thumbnails, wsgi
 from webassets.app import create_app
@@ -49,8 +50,8 @@ def get_result(client, path, **query):
 
 
 @pytest.mark.parametrize("mount", ["", "/assets"])
-def test_lifecycles_in_process(tmp_path, jpeg, mount):
-    client = WSGIClient(make_app(tmp_path), script_name=mount)
+def test_lifecycles_in_process(tmp_path, jpeg, mount, backend):
+    client = WSGIClient(app_on(backend, tmp_path), script_name=mount)
     xml_path = mount + "/web_asset_store.xml"
     sp7_lifecycle(client, jpeg, xml_path, public_base="http://localhost:8080" + mount)
     sp6_lifecycle(client, jpeg, xml_path, public_base="http://localhost:8080" + mount)

@@ -22,10 +22,9 @@ from tests.helpers import (
     make_settings, multipart_body, needs_convert, sp6_upload, sp7_upload, token,
 )
 from tests.lifecycle import Sp6Client, Sp7Backend, WSGIClient
-from tests.stores import (LocalBackend, everything, is_s3, plant, relative_dir, store_snapshot,
-                          stored, stored_files)
+from tests.stores import (LocalBackend, app_on, everything, is_s3, plant, relative_dir,
+                          store_snapshot, stored, stored_files)
 from webassets import auth, config, multipart, storage, thumbnails
-from webassets.app import create_app
 from webassets.storage.s3 import S3Upload
 
 # --------------------------------------------------------------------------- configurations
@@ -91,12 +90,10 @@ def build(tmp_path, cfg="A", clock=None, backend=None, **overrides):
     Its store is `backend`'s (tests.stores; the local one by default): under tmp_path/store,
     or a fresh prefix of a bucket. Only the probed converters are shared between apps.
     """
-    backend = backend or LocalBackend()
-    values = dict(CFGS[cfg], CONVERT=CONVERT, **backend.overrides())
+    values = dict(CFGS[cfg], CONVERT=CONVERT)
     values.update(overrides)
-    settings = make_settings(tmp_path / "store", **values)
-    return create_app(settings, store=backend.store(settings), clock=clock or FakeClock(NOW),
-                      tools=probed_tools())
+    return app_on(backend or LocalBackend(), tmp_path / "store", clock or FakeClock(NOW),
+                  probed_tools(), **values)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import ssl
 import threading
 import time
@@ -240,6 +241,18 @@ def test_list_and_abort_multipart_uploads(client, s3_server):
     assert list(client.list_multipart_uploads("pending/")) == []
     client.abort_multipart("pending/upload.bin", writer.upload_id)  # idempotent
     writer.abort()
+
+
+def test_list_multipart_uploads_pages(client):
+    writers = [client.writer("pending/%d" % number, part_size=5 * MiB) for number in range(3)]
+    for writer in writers:
+        writer.write(pattern(5 * MiB + 1))
+    listed = [(key, upload_id) for key, upload_id, _ in
+              client.list_multipart_uploads("pending/", page_size=1)]
+    assert sorted(listed) == sorted((writer.key, writer.upload_id) for writer in writers)
+    for writer in writers:
+        writer.abort()
+    assert list(client.list_multipart_uploads("pending/")) == []
 
 
 def test_wrong_secret_is_access_denied_without_retries(s3_server, bucket):
@@ -548,6 +561,22 @@ def test_keeps_connections_alive(fake):
         assert result.read(10) == b"y" * 10  # closed early: the connection cannot be reused
     client.head("a")
     assert len(set(server.ports[:4])) == 1 and server.ports[4] != server.ports[3]
+
+
+def test_a_forked_child_opens_its_own_connections(fake):
+    server = fake()
+    client = server.client([])
+    client.head("a")
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            client.head("b")
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    client.head("c")
+    assert [request[1] for request in server.requests] == ["/fake/a", "/fake/b", "/fake/c"]
+    assert server.ports[0] == server.ports[2] != server.ports[1]
 
 
 def test_a_connection_the_server_closed_is_reopened_without_a_retry(fake):

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
@@ -121,15 +122,13 @@ class RangedReader(io.RawIOBase):
         buffer[:len(data)] = data
         return len(data)
 
+    @_s3_errors
     def _fill(self, wanted):
-        """Fetch at least `wanted` bytes from the position into the buffer."""
+        """Fetch at least `wanted` bytes from the position into the buffer; StorageError."""
         sequential = self._pos == self._buffer_at + len(self._buffer) and self._buffer
         self._ahead = min(READ_AHEAD_MAX, self._ahead * 2) if sequential else READ_AHEAD_MIN
         last = min(self.size, self._pos + max(wanted, self._ahead)) - 1
-        try:
-            data = self.client.get_bytes(self.key, self._pos, last)
-        except S3Error as ex:
-            raise _translated(ex) from ex
+        data = self.client.get_bytes(self.key, self._pos, last)
         if not data:
             raise StoreFailed("S3 object %s ended before its size %d" % (self.key, self.size))
         self.fetched += len(data)
@@ -154,19 +153,15 @@ class S3Upload:
         """Return the bytes written so far."""
         return self.writer.size
 
+    @_s3_errors
     def write(self, data):
         """Append `data` (a part is uploaded each time one is full); StorageError."""
-        try:
-            self.writer.write(data)
-        except S3Error as ex:
-            raise _translated(ex) from ex
+        self.writer.write(data)
 
+    @_s3_errors
     def commit(self):
         """Publish the object at `key`; return its ETag. StorageError."""
-        try:
-            etag = self.writer.commit()
-        except S3Error as ex:
-            raise _translated(ex) from ex
+        etag = self.writer.commit()
         self.done = True
         return etag
 
@@ -393,11 +388,7 @@ class S3Store(Store):
     @_s3_errors
     def _download(self, key, target):
         with self.client.get(key) as result:
-            while True:
-                data = result.read(COPY_CHUNK)
-                if not data:
-                    break
-                target.write(data)
+            shutil.copyfileobj(result, target, COPY_CHUNK)
 
     def local_path(self, coll, name, kind=ORIGINAL):
         """Return None: objects have no local path (FILE_OFFLOAD has nothing to hand over)."""
@@ -438,23 +429,9 @@ class S3Store(Store):
         if staged.key == key:
             return
         try:
-            self._copy(staged.key, key)
+            self.client.copy(staged.key, key)  # on the server: no byte passes through here
         finally:
             self.client.delete(staged.key)
-
-    def _copy(self, source, target):
-        """Copy an object server-side (CopyObject), else through this process in parts."""
-        copy = getattr(self.client, "copy", None)
-        if copy is not None:
-            copy(source, target)
-            return
-        with self._writer(target) as writer, self.client.get(source) as result:
-            while True:
-                data = result.read(COPY_CHUNK)
-                if not data:
-                    break
-                writer.write(data)
-            writer.commit()
 
     @_s3_errors
     def save_thumbnail(self, coll, name, local_file, source=None):

@@ -254,7 +254,7 @@ class GetResult:
 class S3Client:
     """Talk to one bucket: objects, listings and multipart uploads. Thread-safe.
 
-    Each thread keeps its own keep-alive connections. Connection errors, 5xx,
+    Each thread keeps its own keep-alive connections (a forked child opens its own). Connection errors, 5xx,
     RequestTimeout and SlowDown are retried `config.retries` times with backoff
     (then S3Unavailable); 403, 404, 412 and 416 never are. RequestTimeTooSkewed
     corrects clock_offset (server Date - local clock) and retries once.
@@ -270,6 +270,7 @@ class S3Client:
         self.copy_limit = COPY_LIMIT
         self.copy_part_size = COPY_PART_SIZE
         self._local = threading.local()
+        self._pid = os.getpid()
         self._ssl = None
         if config.scheme == "https":
             self._ssl = ssl.create_default_context(cafile=config.ca_file)
@@ -392,20 +393,27 @@ class S3Client:
             if page.findtext("IsTruncated") != "true" or not token:
                 return
 
-    def list_multipart_uploads(self, prefix):
+    def list_multipart_uploads(self, prefix, page_size=None):
         """Yield (key, upload_id, initiated epoch) of each unfinished multipart upload."""
+        params = [("uploads", ""), ("prefix", prefix),
+                  ("max-uploads", str(page_size or self.page_size))]
         markers = []
         while True:
-            page = self._xml("list_uploads", "GET", None,
-                             [("uploads", ""), ("prefix", prefix)] + markers)
+            page = self._xml("list_uploads", "GET", None, params + markers)
+            last = None
             for element in page.findall("Upload"):
-                yield (element.findtext("Key"), element.findtext("UploadId"),
-                       parse_iso_date(element.findtext("Initiated")))
-            key_marker = page.findtext("NextKeyMarker")
-            if page.findtext("IsTruncated") != "true" or not key_marker:
+                last = (element.findtext("Key"), element.findtext("UploadId"))
+                yield last + (parse_iso_date(element.findtext("Initiated")),)
+            if page.findtext("IsTruncated") != "true" or last is None:
                 return
-            markers = [("key-marker", key_marker),
-                       ("upload-id-marker", page.findtext("NextUploadIdMarker") or "")]
+            # COMPAT: send back the markers the server gave. SeaweedFS gives only
+            # NextUploadIdMarker, pages by upload id, and lists nothing after both markers.
+            following = [(name, page.findtext(tag)) for name, tag in (
+                ("key-marker", "NextKeyMarker"), ("upload-id-marker", "NextUploadIdMarker"))
+                if page.findtext(tag)] or [("key-marker", last[0])]
+            if following == markers:
+                raise S3Error(200, "NoProgress", "ListMultipartUploads repeats its page")
+            markers = following
 
     def abort_multipart(self, key, upload_id):
         """Abort one multipart upload, dropping its parts; an unknown upload is no error."""
@@ -571,6 +579,9 @@ class S3Client:
 
     def _checkout(self, host):
         """Return (an idle connection to `host` of this thread or a new one, reused?)."""
+        if self._pid != os.getpid():
+            # A forked worker must not share its parent's sockets: start its own.
+            self._local, self._pid = threading.local(), os.getpid()
         idle = getattr(self._local, "idle", None)
         if idle is None:
             idle = self._local.idle = {}
