@@ -11,7 +11,7 @@ import pytest
 from tests.fake_s3 import FakeS3Client
 from tests.fakes import FakeRenderer, fake_thumbnailer, storm
 from tests.helpers import call, make_settings, put, upload
-from tests.stores import FakeS3Backend, S3Backend
+from tests.stores import S3Backend
 from webassets import admin, check, migrate, samples, storage
 from webassets.app import create_app
 from webassets.storage import FileStore, factory
@@ -19,6 +19,7 @@ from webassets.storage.s3client import S3Unavailable
 
 COLLECTION_DIRS = {"Fish": "fish", "Fish Tissue": "fish", "Birds": "birds"}
 MiB = 1024 * 1024
+FAKE = {"STORAGE": "s3", "S3_BUCKET": "fake", "S3_PREFIX": "p/"}  # on a FakeS3Client
 LATER = 2 * 3600  # seconds: fsck judges unfinished work as if this much time had passed
 
 
@@ -32,11 +33,12 @@ class Bucket:
     def __init__(self, request, kind, tmp_path, **settings):
         self.kind = kind
         if kind == "s3-fake":
-            self.client, backend = FakeS3Client(), FakeS3Backend()
+            self.client, overrides = FakeS3Client(), FAKE
         else:
-            self.client, backend = None, S3Backend.on(kind, request.getfixturevalue(kind))
+            self.client = None
+            overrides = S3Backend.on(kind, request.getfixturevalue(kind)).overrides()
         settings.setdefault("COLLECTION_DIRS", COLLECTION_DIRS)
-        self.settings = make_settings(tmp_path / "unused", **dict(backend.overrides(), **settings))
+        self.settings = make_settings(tmp_path / "unused", **dict(overrides, **settings))
 
     def store(self):
         return factory.open_store(self.settings, client=self.client)
@@ -171,7 +173,7 @@ def test_check_screen_warns_when_conditional_writes_are_ignored(tmp_path):
         def put(self, key, data, content_type=None, metadata=None, if_none_match_star=False):
             return super().put(key, data, content_type, metadata)
 
-    settings = make_settings(tmp_path, **FakeS3Backend().overrides())
+    settings = make_settings(tmp_path, **FAKE)
     app = create_app(settings, store=factory.open_store(settings, client=Unconditional()))
     out = io.StringIO()
     check.run_check(settings, "test", app, out=out)
@@ -180,7 +182,7 @@ def test_check_screen_warns_when_conditional_writes_are_ignored(tmp_path):
 
 
 def test_readyz_checks_the_bucket(tmp_path):
-    settings = make_settings(tmp_path, CAN_THUMBNAIL=[], **FakeS3Backend().overrides())
+    settings = make_settings(tmp_path, CAN_THUMBNAIL=[], **FAKE)
     client = FakeS3Client()
     app = create_app(settings, store=factory.open_store(settings, client=client))
     assert call(app, "GET", "/readyz").status == 200
