@@ -1,4 +1,4 @@
-"""Operating a bucket: admin walks, migrate, check, /readyz, /metrics, two instances on one bucket."""
+"""Operating a bucket: admin, migrate, check, /readyz, /metrics, two instances on one bucket."""
 
 import io
 import json
@@ -13,6 +13,7 @@ from tests.fakes import FakeRenderer, fake_thumbnailer, storm
 from tests.helpers import call, make_settings, put, upload
 from tests.stores import S3Backend
 from webassets import admin, check, migrate, samples, storage
+from webassets.__main__ import main
 from webassets.app import create_app
 from webassets.storage import FileStore, factory
 from webassets.storage.s3client import S3Unavailable
@@ -156,7 +157,7 @@ def test_migrate_local_to_bucket_and_back(bucket, tmp_path):
             assert mine.read() == theirs.read()
 
 
-# ---------------------------------------------------------------------------- check, readyz, metrics
+# --------------------------------------------------------------------- check, /readyz, /metrics
 
 def test_check_shows_the_buckets_access_clock_and_conditional_writes(bucket):
     rows = bucket.store().describe()
@@ -240,3 +241,26 @@ def test_a_thumbnail_storm_over_two_instances_makes_one_conversion(bucket):
     assert len({result.body for result in results}) == 1
     assert len(renderer.calls) == 1
     assert bucket.store().unfinished() == []  # the lease was given back
+
+
+@pytest.mark.parametrize("kind", ["seaweedfs", "moto"])
+def test_the_migrate_command_moves_a_disk_into_a_bucket(request, tmp_path, capsys, kind):
+    local = FileStore(str(tmp_path / "local"), collection_dirs=COLLECTION_DIRS)
+    save(local, "Fish", "cod.png", samples.png())
+    save(local, "Birds", "owl.png", b"owl")
+    old = tmp_path / "old.py"
+    old.write_text("BASE_DIR = %r\nCOLLECTION_DIRS = %r\n" % (local.base_dir, COLLECTION_DIRS))
+    new = tmp_path / "new.py"
+    overrides = S3Backend.on(kind, request.getfixturevalue(kind)).overrides()
+    new.write_text("".join("%s = %r\n" % item for item in sorted(
+        dict(overrides, COLLECTION_DIRS=COLLECTION_DIRS).items())))
+    argv = ["migrate", "--from", str(old), "--to", str(new), "-q"]
+    assert main(argv + ["--dry-run"]) == 1
+    assert "would copy 2 (" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "copied 2 (" in capsys.readouterr().out
+    assert main(argv + ["--dry-run"]) == 0  # in sync: the cut-over's last check
+    bucket = factory.open_store(make_settings(tmp_path, **dict(
+        overrides, COLLECTION_DIRS=COLLECTION_DIRS)))
+    assert bucket.list("Fish Tissue") == ["cod.png"]
+    assert bucket.open("Birds", "owl.png").read() == b"owl"

@@ -65,7 +65,8 @@ def test_group_areas():
     assert storage.group_areas(None) == [storage.Area(".", ())]
     assert storage.group_areas(None)[0].coll is None
     areas = storage.group_areas(COLLS)
-    assert areas == [storage.Area("birds", ("Birds",)), storage.Area("fish", ("Fish", "Fish Tissue"))]
+    assert areas == [storage.Area("birds", ("Birds",)),
+                     storage.Area("fish", ("Fish", "Fish Tissue"))]
     assert [area.coll for area in areas] == ["Birds", "Fish"]
     assert storage.group_areas(COLLS, "Fish Tissue") == areas[1:]
     with pytest.raises(UnknownCollection):

@@ -1,4 +1,4 @@
-"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats|migrate` (or python -m)."""
+"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats|migrate`."""
 
 import argparse
 import logging
