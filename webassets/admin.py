@@ -149,6 +149,19 @@ def _walked_colls(store, coll=None):
     return [area.coll for area in store.areas(coll)]
 
 
+def scan_all(store, wanted, label, quiet=False):
+    """Return {(coll, kind): [Listed]} of store.scan() for each (coll, kind) of `wanted`, in order.
+
+    A progress bar counts the listings: on a bucket each is a LIST per thousand objects.
+    """
+    found = {}
+    with Progress(label + " listing", len(wanted), enabled=not quiet) as bar:
+        for coll, kind in wanted:
+            found[(coll, kind)] = store.scan(coll, kind)
+            bar.update()
+    return found
+
+
 def run_bounded(function, items, jobs, name="worker"):
     """Call function(item) for every item on `jobs` threads; Ctrl-C lets running calls end."""
     pending = queue.Queue(maxsize=jobs * 2)
@@ -181,13 +194,18 @@ def run_bounded(function, items, jobs, name="worker"):
 
 # ---------------------------------------------------------------------------- thumbnails pregen
 
-def _pregen_work(store, coll, scales):
-    """Return [(coll, name, scale, fresh)] for `coll`'s originals, judged from two listings."""
-    thumbs = {listed.name: listed.mtime_ns for listed in store.scan(coll, storage.THUMBNAIL)
+def _pregen_work(listings, coll, scales):
+    """Return [(coll, name, scale, fresh)] for `coll`'s originals, judged from two listings.
+
+    A thumbnail dated no earlier than its original is taken as fresh (the server judges by
+    the store's own rule on request: a bucket's thumbnail follows its original's ETag).
+    """
+    thumbs = {listed.name: listed.mtime_ns for listed in listings[(coll, storage.THUMBNAIL)]
               if listed.problem is None}
     return [(coll, listed.name, scale,
              thumbs.get(thumbnails.thumbnail_name(listed.name, scale), -1) >= listed.mtime_ns)
-            for listed in store.scan(coll) if is_served(listed) for scale in scales]
+            for listed in listings[(coll, storage.ORIGINAL)] if is_served(listed)
+            for scale in scales]
 
 
 def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, jobs=None,
@@ -201,8 +219,11 @@ def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, 
     """
     scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
                                             settings.THUMBNAIL_SIZES) for size in sizes})
-    work = [item for one_coll in _walked_colls(store, coll)
-            for item in _pregen_work(store, one_coll, scales)]
+    colls = _walked_colls(store, coll)
+    listings = scan_all(store, [(one, kind) for one in colls
+                                for kind in (storage.THUMBNAIL, storage.ORIGINAL)],
+                        "pregen", quiet)
+    work = [item for one in colls for item in _pregen_work(listings, one, scales)]
     # More threads than the engine's converter slots would only wait for a slot.
     jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
     report = Report(out)
@@ -256,10 +277,13 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
     report = Report(out)
     # Thumbnails are listed before originals: a thumbnail made meanwhile then has its
     # original in the list, so a live upload never loses its fresh thumbnail.
-    listings = [(coll, [listed.name for listed in store.scan(coll, storage.THUMBNAIL)
-                        if is_served(listed) and not listed.link])
-                for coll in _walked_colls(store)]
-    listings = [(coll, thumbs, Owners(store.list(coll))) for coll, thumbs in listings]
+    colls = _walked_colls(store)
+    found = scan_all(store, [(coll, storage.THUMBNAIL) for coll in colls]
+                     + [(coll, storage.ORIGINAL) for coll in colls], "prune", quiet)
+    listings = [(coll, [listed.name for listed in found[(coll, storage.THUMBNAIL)]
+                        if is_served(listed) and not listed.link],
+                 Owners(listed.name for listed in found[(coll, storage.ORIGINAL)]))
+                for coll in colls]
     total = sum(len(thumbs) for _, thumbs, _ in listings)
     sizes = frozenset(settings.THUMBNAIL_SIZES or ())
     with Progress("prune", total, enabled=not quiet) as bar:
@@ -351,8 +375,11 @@ def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=N
     now = time.time() if now is None else now
     report = Report(out)
     work = store.unfinished()
-    listings = [(coll, store.scan(coll), store.scan(coll, storage.THUMBNAIL))
-                for coll in _walked_colls(store)]
+    colls = _walked_colls(store)
+    found = scan_all(store, [(coll, kind) for coll in colls
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL)], "fsck", quiet)
+    listings = [(coll, found[(coll, storage.ORIGINAL)], found[(coll, storage.THUMBNAIL)])
+                for coll in colls]
     total = len(work) + sum(len(orig) + len(thumb) for _, orig, thumb in listings)
     with Progress("fsck", total, enabled=not quiet) as bar:
         for item in work:
@@ -375,16 +402,15 @@ def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=N
 
 # ---------------------------------------------------------------------------- stats
 
-def _tally(store, coll, kind, bar):
+def _tally(store, coll, kind, listing):
     """Return (count, bytes, temporary files, [(size, stored name)]) of `coll`'s `kind`.
 
     Hidden files other than our temporary ones are not counted: the server never serves
     them; nor are symbolic links (as before) and names it could never serve.
     """
-    listing, temps = store.scan(coll, kind), store.list_temporary(coll, kind)
+    temps = store.list_temporary(coll, kind)
     files = [(listed.size, store.static_name(coll, listed.name, kind)) for listed in listing
              if is_served(listed) and not listed.link]
-    bar.update(len(listing) + len(temps))
     return len(files), sum(size for size, _ in files), len(temps), files
 
 
@@ -393,15 +419,16 @@ def stats(store, top=10, as_json=False, out=None, quiet=False):
     out = out or sys.stdout
     rows, largest = [], []
     selected = store.areas()
-    with Progress("stats", 2 * len(selected), enabled=not quiet) as bar:
-        for area in selected:
-            originals = _tally(store, area.coll, storage.ORIGINAL, bar)
-            thumbs = _tally(store, area.coll, storage.THUMBNAIL, bar)
-            rows.append({"directory": area.label, "collections": list(area.colls),
-                         "originals": originals[0], "originals_bytes": originals[1],
-                         "thumbnails": thumbs[0], "thumbnails_bytes": thumbs[1],
-                         "temporary": originals[2] + thumbs[2]})
-            largest = heapq.nlargest(top, largest + originals[3])
+    found = scan_all(store, [(area.coll, kind) for area in selected
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL)], "stats", quiet)
+    for area in selected:
+        originals, thumbs = (_tally(store, area.coll, kind, found[(area.coll, kind)])
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL))
+        rows.append({"directory": area.label, "collections": list(area.colls),
+                     "originals": originals[0], "originals_bytes": originals[1],
+                     "thumbnails": thumbs[0], "thumbnails_bytes": thumbs[1],
+                     "temporary": originals[2] + thumbs[2]})
+        largest = heapq.nlargest(top, largest + originals[3])
     largest = [{"bytes": size, "path": name} for size, name in largest]
     if as_json:
         out.write(json.dumps({"store": store.location(), "directories": rows,
