@@ -257,7 +257,11 @@ def migrate(source, target, dry_run=False, jobs=DEFAULT_JOBS, size_only=False, o
             bar.update()
 
         try:
-            run_bounded(one, items, max(1, jobs), "migrate")
+            # Every original is in place before the first thumbnail is copied: a thumbnail
+            # is tagged with (or dated after) its original in the target.
+            for kind in (storage.ORIGINAL, storage.THUMBNAIL):
+                run_bounded(one, [item for item in items if item.kind == kind], max(1, jobs),
+                            "migrate")
         finally:
             bar.close()
             report.write(_summary(run))
