@@ -9,7 +9,8 @@ import threading
 import time
 import uuid
 
-from webassets.storage.s3client import InvalidRange, NoSuchKey, ObjectInfo, PreconditionFailed
+from webassets.storage.s3client import (InvalidRange, NoSuchKey, ObjectInfo, PreconditionFailed,
+                                        Stats)
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
 
@@ -84,14 +85,19 @@ class FakeS3Client:
         self.uploads = {}  # upload id -> (key, initiated)
         self.clock = clock
         self.requests = collections.Counter()
+        self.stats = Stats()  # as the real client's, for /metrics
+        self.clock_offset = 0.0
         self.bytes_served = 0
         self.fail = None
         self._lock = threading.Lock()
 
     def count(self, op):
         if self.fail is not None:
+            self.stats.error(getattr(self.fail, "code", "ConnectionError"))
             raise self.fail
         self.requests[op] += 1
+        self.stats.request(op)
+        self.stats.seconds(op, 0.0)  # answered at once
 
     def _object(self, key):
         try:
@@ -154,7 +160,7 @@ class FakeS3Client:
         self.count("delete")
         self.objects.pop(key, None)
 
-    def list(self, prefix, start_after=None):
+    def list(self, prefix, start_after=None, page_size=None):
         self.count("list")
         for key in sorted(self.objects):
             if key.startswith(prefix) and (start_after is None or key > start_after):

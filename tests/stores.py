@@ -107,8 +107,7 @@ def stored(app, kind=storage.ORIGINAL, coll=None):
     store = app.store
     coll = coll if coll is not None else _any_coll(app)
     if not is_s3(app):
-        directory = store.originals_dir(coll) if kind == storage.ORIGINAL \
-            else store.thumbnails_dir(coll)
+        directory = os.path.dirname(store.local_path(coll, "x", kind))
         return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     directory = store.key(coll, "x", kind)[:-1]
     names = [obj.key[len(directory):] for obj in store.client.list(directory)]

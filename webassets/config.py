@@ -248,6 +248,8 @@ SCHEMA = (
     Setting("THUMBNAIL_WORKERS", None, _optional(_integer(1, 256)),
             "conversions at once per process; None: the CPUs shared among the processes"),
     Setting("THUMBNAIL_QUEUE", 64, _integer(0), "conversions that may wait (503 beyond)"),
+    Setting("THUMBNAIL_LEASES", False, _boolean,
+            "instances on other hosts sharing the store render each thumbnail once (a lease)"),
     Setting("MAX_PIXELS", 200 * 1000 * 1000, _integer(1), "largest image thumbnailed, in pixels"),
     # Fewer request slots fight less over the GIL (bench: c=64).
     Setting("WORKERS", 4, _integer(1, 1024), "request slots per process of the built-in server"),

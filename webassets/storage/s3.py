@@ -6,15 +6,20 @@ import functools
 import io
 import logging
 import os
+import re
+import secrets
 import shutil
 import tempfile
+import time
 import uuid
 
 from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, UPLOAD_PREFIX,
-                   BadUpload, FileInfo, MissingFile, Store, StoredFile, StoreFailed,
-                   StoreUnavailable, check_name)
+                   BadUpload, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
+                   StoreFailed, StoreUnavailable, Unfinished, check_name, lease_body,
+                   lease_holder, lease_name)
 from .layout import Layout
-from .s3client import DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, S3Error, S3Unavailable
+from .s3client import (DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, PreconditionFailed, S3Error,
+                       S3Unavailable)
 
 __all__ = ["S3Store", "RangedReader", "SOURCE_ETAG"]
 
@@ -24,6 +29,11 @@ logger = logging.getLogger(__name__)
 SOURCE_ETAG = "source-etag"
 READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
+LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
+PROBE = b"webassets check"  # what `check` writes, reads back and deletes
+CLOCK_WARN_SECONDS = 30  # `check` warns about a clock this far off the server's
+SUB_PREFIX = "key below a sub-prefix"  # Listed.problem: originals/a/b.jpg is never served
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?\Z')  # a single-part, unencrypted object's ETag
 
 
 def _translated(error):
@@ -177,6 +187,8 @@ class S3Store(Store):
     There are no local paths: local_path() is None, so FILE_OFFLOAD sends nothing.
     """
 
+    remote = True
+
     def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
                  collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE):
         self.client = client
@@ -203,9 +215,12 @@ class S3Store(Store):
     def prepare(self):
         """Nothing to create: the bucket exists (problem() says if it does not)."""
 
+    def _probe_key(self):
+        return "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+
     @_s3_errors
     def _probe(self):
-        key = "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+        key = self._probe_key()
         self.client.put(key, b"")
         self.client.delete(key)
 
@@ -218,25 +233,66 @@ class S3Store(Store):
         return None
 
     def describe(self):
-        """Return [(status, line)]: the bucket writable, then where each collection's files go."""
-        problem = self.problem()
-        if problem:
-            return [("FAIL", problem)]
-        rows = [("ok", "%s is writable (objects written and deleted)" % self.label)]
+        """Return [(status, line)]: write, read, conditional write and delete of a probe object,
+        the clock offset, then where each collection's files go.
+        """
+        key = self._probe_key()
+        try:
+            self.client.put(key, PROBE)
+        except S3Error as ex:
+            return [("FAIL", "%s: cannot write an object: %s" % (self.location(), _translated(ex)))]
+        rows = [("ok", "%s: an object was written" % self.location())]
+        try:
+            rows.append(self._read_row(key))
+            rows.append(self._conditional_row(key))
+        finally:
+            rows.append(self._delete_row(key))
+        offset = self.client.clock_offset
+        rows.append(("ok" if abs(offset) <= CLOCK_WARN_SECONDS else "warn",
+                     "clock offset to the S3 server: %+.0f s%s" % (offset, (
+                         "" if abs(offset) <= CLOCK_WARN_SECONDS else
+                         ": set this machine's clock (NTP); tokens are judged by it"))))
         for area in self.areas():
             names = " (%s)" % ", ".join(area.colls) if area.colls else ""
-            rows.append(("ok", "%s%s and %s%s" % (area.originals, names, area.thumbnails, names)))
+            rows.append(("ok", "%s%s and %s%s" % (self._dir_key(area.coll, ORIGINAL), names,
+                                                  self._dir_key(area.coll, THUMBNAIL), names)))
         return rows
+
+    def _read_row(self, key):
+        try:
+            same = self.client.get_bytes(key, 0, len(PROBE) - 1) == PROBE
+        except S3Error as ex:
+            return ("FAIL", "cannot read the object back: %s" % _translated(ex))
+        return ("ok", "it was read back") if same else ("FAIL", "it reads back other bytes")
+
+    def _conditional_row(self, key):
+        try:
+            self.client.put(key, b"", if_none_match_star=True)
+        except PreconditionFailed:
+            return ("ok", "conditional writes (If-None-Match: *) work: THUMBNAIL_LEASES may be on")
+        except S3Error as ex:
+            return ("warn", "conditional writes (If-None-Match: *) fail: %s" % _translated(ex))
+        # NOTE: leases are advisory, so this costs duplicate conversions, never wrong files.
+        return ("warn", "the server ignores conditional writes (If-None-Match: *): with "
+                        "THUMBNAIL_LEASES instances may still convert one thumbnail twice")
+
+    def _delete_row(self, key):
+        try:
+            self.client.delete(key)
+            self.client.head(key)
+        except NoSuchKey:
+            return ("ok", "it was deleted")
+        except S3Error as ex:
+            return ("FAIL", "cannot delete the object %s: %s" % (key, _translated(ex)))
+        return ("FAIL", "the object %s is still there after its delete" % key)
 
     def free_space(self):
         """Return None: a bucket has no free space to report."""
         return None
 
     def areas(self, coll=None):
-        """Return the collection directories (Area) as key prefixes; UnknownCollection."""
-        return [area._replace(originals=self.prefix + area.originals + "/",
-                              thumbnails=self.prefix + area.thumbnails + "/")
-                for area in self.layout.areas(coll)]
+        """Return the collection directories (Area); UnknownCollection."""
+        return self.layout.areas(coll)
 
     def collections(self):
         """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
@@ -444,3 +500,120 @@ class S3Store(Store):
         directory = self._dir_key(coll, kind)
         return sorted(name for name in self._names(directory, directory)
                       if name.startswith(TEMP_PREFIXES))
+
+    # -- operating the bucket: admin, migrate, leases
+
+    def location(self):
+        """Return the bucket and prefix, and the endpoint they are on."""
+        endpoint = getattr(getattr(self.client, "config", None), "endpoint", None)
+        return "%s at %s" % (self.label, endpoint) if endpoint else self.label
+
+    def absent(self):
+        """Return why the bucket cannot be listed (missing, refused, unreachable), or None."""
+        try:
+            next(iter(self.client.list(self.prefix, page_size=1)), None)
+        except S3Error as ex:
+            return "%s cannot be listed: %s" % (self.label, _translated(ex))
+        return None
+
+    @_s3_errors
+    def scan(self, coll, kind=ORIGINAL):
+        """Return the Listed objects of `coll`'s `kind` from one listing, sorted by name.
+
+        md5 is the ETag of a single-part object; a key below a further '/' is never served.
+        """
+        directory = self._dir_key(coll, kind)
+        found = []
+        for obj in self.client.list(directory):
+            name = obj.key[len(directory):]
+            if name.startswith(TEMP_PREFIXES):
+                continue
+            match = _MD5_ETAG.match(obj.etag or "")
+            # Whole seconds, as stat() has them from Last-Modified (a listing may have ms).
+            found.append(Listed(name, obj.size or 0, int(obj.last_modified) * 10 ** 9,
+                                match.group(1).lower() if match else None, False,
+                                SUB_PREFIX if "/" in name else None))
+        return sorted(found)
+
+    @_s3_errors
+    def content_md5(self, coll, name, kind=ORIGINAL):
+        """Return the MD5 a single-part object's ETag is, else None; MissingFile."""
+        match = _MD5_ETAG.match(self.client.head(self.key(coll, name, kind)).etag or "")
+        return match.group(1).lower() if match else None
+
+    def request_stats(self):
+        """Return the client's request counters (requests, errors, seconds)."""
+        return self.client.stats.snapshot()
+
+    @_s3_errors
+    def unfinished(self):
+        """Return unfinished multipart uploads, temporary objects and leases under the prefix."""
+        found = [Unfinished("%s (upload %s)" % (key[len(self.prefix):], upload_id[:8]),
+                            "multipart upload", initiated, ("multipart", key, upload_id))
+                 for key, upload_id, initiated in self.client.list_multipart_uploads(self.prefix)]
+        directories = [self.prefix] + [self._dir_key(area.coll, kind) for area in self.areas()
+                                       for kind in (ORIGINAL, THUMBNAIL)]
+        for directory in sorted(set(directories)):
+            for temp_prefix in TEMP_PREFIXES:
+                found.extend(Unfinished(obj.key[len(self.prefix):],
+                                        "upload" if temp_prefix == UPLOAD_PREFIX else "render",
+                                        obj.last_modified, ("object", obj.key))
+                             for obj in self.client.list(directory + temp_prefix))
+        found.extend(Unfinished(obj.key[len(self.prefix):], "lease", obj.last_modified,
+                                ("object", obj.key))
+                     for obj in self.client.list(self.prefix + LEASE_DIR))
+        return found
+
+    @_s3_errors
+    def remove_unfinished(self, item):
+        """Abort a multipart upload or delete a temporary object or lease; gone is fine."""
+        if item.handle[0] == "multipart":
+            self.client.abort_multipart(item.handle[1], item.handle[2])
+        else:
+            self.client.delete(item.handle[1])
+
+    @_s3_errors
+    def try_lease(self, key, ttl):
+        """Take lease `key` as <prefix>.leases/<hash>, written with If-None-Match: *."""
+        lease_key = self.prefix + LEASE_DIR + lease_name(key)
+        lease = Lease(key, secrets.token_hex(16), ttl)
+        for attempt in range(2):
+            try:
+                self.client.put(lease_key, lease_body(lease), content_type="application/json",
+                                if_none_match_star=True)
+                return lease
+            except PreconditionFailed:
+                if attempt or not self._take_over(lease_key, ttl):
+                    return None
+        return None
+
+    def _take_over(self, lease_key, ttl):
+        """Delete an expired lease object; True if the caller may try its PUT again.
+
+        Judged by the server's clock (Last-Modified against local time + clock_offset).
+        NOTE: two takers may delete and write in turn and both hold it: leases are advisory.
+        """
+        try:
+            with self.client.get(lease_key) as result:
+                data, taken = result.read(), result.info.last_modified
+        except NoSuchKey:
+            return True  # released meanwhile
+        held_ttl = lease_holder(data, ttl)[1]
+        # NOTE: Last-Modified and Date (clock_offset) have whole seconds: a lease may end
+        # up to a second early, never late.
+        if time.time() + self.client.clock_offset + 1 < taken + held_ttl:
+            return False
+        self.client.delete(lease_key)
+        return True
+
+    @_s3_errors
+    def release(self, lease):
+        """Delete the lease object if it still holds `lease`'s token."""
+        lease_key = self.prefix + LEASE_DIR + lease_name(lease.key)
+        try:
+            with self.client.get(lease_key) as result:
+                data = result.read()
+        except NoSuchKey:
+            return
+        if lease_holder(data, lease.ttl)[0] == lease.token:
+            self.client.delete(lease_key)
