@@ -9,7 +9,8 @@ import threading
 import time
 import uuid
 
-from webassets.storage.s3client import InvalidRange, NoSuchKey, ObjectInfo, PreconditionFailed
+from webassets.storage.s3client import (InvalidRange, NoSuchKey, ObjectInfo, PreconditionFailed,
+                                        Stats)
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
 
@@ -84,14 +85,19 @@ class FakeS3Client:
         self.uploads = {}  # upload id -> (key, initiated)
         self.clock = clock
         self.requests = collections.Counter()
+        self.stats = Stats()  # as the real client's, for /metrics
+        self.clock_offset = 0.0
         self.bytes_served = 0
         self.fail = None
         self._lock = threading.Lock()
 
     def count(self, op):
         if self.fail is not None:
+            self.stats.error(getattr(self.fail, "code", "ConnectionError"))
             raise self.fail
         self.requests[op] += 1
+        self.stats.request(op)
+        self.stats.seconds(op, 0.0)  # answered at once
 
     def _object(self, key):
         try:
@@ -144,18 +150,17 @@ class FakeS3Client:
                                                   content_type, dict(metadata or {})))
         return etag
 
-    def copy(self, source_key, key, content_type=None, metadata=None):
+    def copy(self, source, target):
         self.count("copy")
-        data, info = self._object(source_key)
+        data, info = self._object(source)
         self.requests["put"] -= 1
-        return self.put(key, data, content_type or info.content_type,
-                        info.metadata if metadata is None else metadata)
+        return self.put(target, data, info.content_type, info.metadata)
 
     def delete(self, key):
         self.count("delete")
         self.objects.pop(key, None)
 
-    def list(self, prefix, start_after=None):
+    def list(self, prefix, start_after=None, page_size=None):
         self.count("list")
         for key in sorted(self.objects):
             if key.startswith(prefix) and (start_after is None or key > start_after):

@@ -1,8 +1,10 @@
 """Test doubles, one of each: converters, a renderer, a store, wsgi.input, EXIF, a port, a server."""
 
 import contextlib
+import hashlib
 import io
 import os
+import secrets
 import socket
 import struct
 import subprocess
@@ -167,12 +169,19 @@ class MemoryStore(storage.Store):
     """A storage.Store in a dict, with no local paths: proves handlers need none.
 
     Collections are `colls` (any name when None). Files are {(coll, kind, name): (bytes,
-    mtime_ns)}; local_copy() writes a temporary file, as a remote store would.
+    mtime_ns)}; local_copy() writes a temporary file, as a remote store would. With `md5`,
+    scan() and content_md5() know each file's MD5 (as a bucket's ETag tells). `work` is the
+    unfinished work a test puts there; leases are {lease name: (token, taken, ttl)}.
     """
 
-    def __init__(self, colls=None):
+    def __init__(self, colls=None, md5=False, clock=time.time):
         self.colls = colls
+        self.md5 = md5
+        self.clock = clock
         self.files = {}
+        self.work = []
+        self.leases = {}
+        self._lock = threading.Lock()
 
     def _key(self, coll, name, kind):
         self.check_collection(coll)
@@ -264,6 +273,56 @@ class MemoryStore(storage.Store):
     def open_static(self, relpath, options=None):
         coll, kind, name = (relpath.split("/") + ["", ""])[:3]
         return self.open(coll, name, kind)
+
+    def location(self):
+        return "memory:%x" % id(self)
+
+    def absent(self):
+        return None
+
+    def areas(self, coll=None):
+        if self.colls is None:
+            return storage.group_areas(None)
+        return storage.group_areas({one: one for one in self.colls}, coll)
+
+    def _md5(self, data):
+        return hashlib.md5(data).hexdigest() if self.md5 else None
+
+    def scan(self, coll, kind=storage.ORIGINAL):
+        self.check_collection(coll)
+        return sorted(storage.Listed(name, len(data), mtime_ns, self._md5(data))
+                      for (key_coll, key_kind, name), (data, mtime_ns) in self.files.items()
+                      if (key_coll, key_kind) == (coll, kind))
+
+    def content_md5(self, coll, name, kind=storage.ORIGINAL):
+        return self._md5(self._get(coll, name, kind)[0])
+
+    def unfinished(self):
+        leases = [storage.Unfinished("leases/" + name, "lease", taken, name)
+                  for name, (_, taken, _) in sorted(self.leases.items())]
+        return list(self.work) + leases
+
+    def remove_unfinished(self, item):
+        with self._lock:
+            if item in self.work:
+                self.work.remove(item)
+            self.leases.pop(item.handle, None)
+
+    def try_lease(self, key, ttl):
+        name = storage.lease_name(key)
+        with self._lock:
+            held = self.leases.get(name)
+            if held is not None and self.clock() < held[1] + held[2]:
+                return None
+            lease = storage.Lease(key, secrets.token_hex(8), ttl)
+            self.leases[name] = (lease.token, self.clock(), ttl)
+            return lease
+
+    def release(self, lease):
+        name = storage.lease_name(lease.key)
+        with self._lock:
+            if self.leases.get(name, (None,))[0] == lease.token:
+                del self.leases[name]
 
 
 class _MemoryStaged(io.BytesIO):

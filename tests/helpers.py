@@ -160,6 +160,15 @@ def originals(tmp_path, sub=""):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+def put(path, data=b"", age=None):
+    """Create a file (and its directory); optionally make it `age` seconds old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if age is not None:
+        os.utime(str(path), (time.time() - age, time.time() - age))
+    return path
+
+
 def convert_image(args, data=None):
     """Run the real ImageMagick with `args` (stdin `data`); return its stdout."""
     return subprocess.run([CONVERT] + [str(arg) for arg in args], input=data,

@@ -4,11 +4,9 @@ import os
 import time
 import uuid
 
-from tests.fake_s3 import FakeS3Client
 from tests.helpers import COLL, make_settings
 from webassets import storage
 from webassets.app import create_app
-from webassets.storage import factory
 from webassets.storage.s3 import S3Store
 
 # S3 servers of tests/s3servers.py, by the name of their session fixture.
@@ -28,18 +26,6 @@ class LocalBackend:
     def store(self, settings):
         """Return the store to build the app with (None: the one the settings make)."""
         return None
-
-
-class FakeS3Backend(LocalBackend):
-    """S3Store over tests.fake_s3's in-memory client, a fresh bucket per app."""
-
-    name = "s3-fake"
-
-    def overrides(self):
-        return {"STORAGE": "s3", "S3_BUCKET": "fake", "S3_PART_SIZE": SMALL_PART}
-
-    def store(self, settings):
-        return factory.open_store(settings, client=FakeS3Client())
 
 
 class S3Backend(LocalBackend):
@@ -121,8 +107,7 @@ def stored(app, kind=storage.ORIGINAL, coll=None):
     store = app.store
     coll = coll if coll is not None else _any_coll(app)
     if not is_s3(app):
-        directory = store.originals_dir(coll) if kind == storage.ORIGINAL \
-            else store.thumbnails_dir(coll)
+        directory = os.path.dirname(store.local_path(coll, "x", kind))
         return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     directory = store.key(coll, "x", kind)[:-1]
     names = [obj.key[len(directory):] for obj in store.client.list(directory)]

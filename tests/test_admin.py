@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tests.fakes import FakeRenderer, fake_thumbnailer
-from tests.helpers import needs_convert
-from webassets import admin, auth, samples, thumbnails
+from tests.fakes import FakeClock, FakeRenderer, MemoryStore, fake_thumbnailer
+from tests.helpers import make_settings, needs_convert, put
+from webassets import admin, auth, samples, storage, thumbnails
 from webassets.__main__ import main
 from webassets.progress import Progress
 
@@ -28,15 +28,6 @@ def write_settings(tmp_path, **values):
     path = tmp_path / "settings.py"
     path.write_text("".join("%s = %r\n" % item for item in sorted(values.items())))
     return str(path)
-
-
-def put(path, data=b"", age=None):
-    """Create a file (and its directory); optionally make it `age` seconds old."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if age is not None:
-        os.utime(str(path), (time.time() - age, time.time() - age))
-    return path
 
 
 @pytest.fixture
@@ -257,7 +248,7 @@ def test_prune_keeps_every_size_without_a_ladder(capsys, tmp_path, store):
 ])
 def test_thumbnail_ownership_matches_the_server(original, thumb, owned):
     parsed = thumbnails.parse_thumbnail_name(thumb)
-    found = parsed is not None and admin._Owners([original]).owner(thumb, parsed[0]) is not None
+    found = parsed is not None and admin.Owners([original]).owner(thumb, parsed[0]) is not None
     assert found == owned == thumbnails.is_thumbnail_of(original, thumb)
 
 
@@ -364,3 +355,47 @@ def test_progress_quiet_and_empty_write_nothing():
     with Progress("walk", 0, stream=stream):
         pass
     assert stream.getvalue() == ""
+
+
+# ---------------------------------------------------------------------------- any store
+
+def test_admin_walks_a_store_without_local_paths(tmp_path):
+    clock = FakeClock(HOURS_AGO)
+    store = MemoryStore(colls={"Fish", "Birds"}, clock=clock)
+    store.try_lease("thumbnail Fish/thumbnail/cod_64.png", 60)  # a lease left 3 hours ago
+    clock.now = time.time()
+    for name, data in (("cod.png", samples.png()), ("empty.jpg", b"")):
+        staged = store.stage("Fish")
+        staged.write(data)
+        store.save_original("Fish", name, staged)
+    for name, data in (("cod_200.png", samples.png()), ("cod_123.png", b""),
+                       ("gone_200.png", b"x")):
+        put(tmp_path / name, data)
+        store.save_thumbnail("Fish", name, str(tmp_path / name))
+    store.work += [storage.Unfinished("Fish/original/a.jpg (upload 1)", "multipart upload",
+                                      HOURS_AGO, "1"),
+                   storage.Unfinished("Fish/original/b.jpg (upload 2)", "multipart upload",
+                                      time.time(), "2")]
+    out = io.StringIO()
+    assert admin.stats(store, as_json=True, out=out, quiet=True) == 0
+    fish = [row for row in json.loads(out.getvalue())["directories"]
+            if row["collections"] == ["Fish"]][0]
+    assert (fish["originals"], fish["thumbnails"]) == (2, 3)
+    out = io.StringIO()
+    assert admin.prune(store, make_settings(tmp_path), dry_run=True, out=out, quiet=True) == 1
+    assert "would remove orphan thumbnail         Fish/thumbnail/gone_200.png" in out.getvalue()
+    out = io.StringIO()
+    assert admin.fsck(store, out=out, quiet=True) == 1
+    for line in ("removed      leftover multipart upload Fish/original/a.jpg (upload 1)",
+                 "kept         recent multipart upload  Fish/original/b.jpg (upload 2)",
+                 "removed      leftover lease",
+                 "removed      orphan thumbnail         Fish/thumbnail/gone_200.png",
+                 "removed      zero-byte thumbnail      Fish/thumbnail/cod_123.png",
+                 "PROBLEM      zero-byte original       Fish/original/empty.jpg"):
+        assert line in out.getvalue(), out.getvalue()
+    assert store.leases == {} and [item.handle for item in store.unfinished()] == ["2"]
+    renderer = FakeRenderer()
+    out = io.StringIO()
+    assert admin.pregen(store, fake_thumbnailer(renderer), make_settings(tmp_path),
+                        sizes=(123, 200), out=out, quiet=True) == 0
+    assert "made 1, already there 1, not an image 2, failed 0" in out.getvalue()

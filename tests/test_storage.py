@@ -36,16 +36,22 @@ def test_unsafe_names(name):
 
 def test_layout_without_collection_dirs(tmp_path):
     store = FileStore(str(tmp_path))
-    assert store.original_path("anything", "a.jpg") == str(tmp_path / "originals" / "a.jpg")
-    assert store.thumbnail_path(None, "a_200.jpg") == str(tmp_path / "thumbnails" / "a_200.jpg")
+    assert store.local_path("anything", "a.jpg") == str(tmp_path / "originals" / "a.jpg")
+    assert (store.local_path(None, "a_200.jpg", storage.THUMBNAIL)
+            == str(tmp_path / "thumbnails" / "a_200.jpg"))
 
 
 def test_layout_with_collection_dirs(tmp_path):
     store = FileStore(str(tmp_path), collection_dirs={"KU Fish": "fish", "KUFishtissue": "fish"})
-    assert store.original_path("KU Fish", "a.jpg") == str(tmp_path / "fish" / "originals" / "a.jpg")
-    assert store.original_path("KUFishtissue", "a.jpg") == store.original_path("KU Fish", "a.jpg")
+    assert store.local_path("KU Fish", "a.jpg") == str(tmp_path / "fish" / "originals" / "a.jpg")
+    assert store.local_path("KUFishtissue", "a.jpg") == store.local_path("KU Fish", "a.jpg")
     with pytest.raises(UnknownCollection):
-        store.original_path("Unknown", "a.jpg")
+        store.local_path("Unknown", "a.jpg")
+
+
+def thumbnails_dir(store, coll):
+    """Return the local directory of `coll`'s thumbnails in a FileStore."""
+    return os.path.dirname(store.local_path(coll, "_", storage.THUMBNAIL))
 
 
 def _save(store, name, data, coll=None):
@@ -176,9 +182,9 @@ def test_static_path_refuses_symlink_out_of_store(tmp_path):
         FileStore(str(base)).static_path("originals/link")
 
 
-def test_relative_uses_slashes(tmp_path):
-    store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
-    assert store.relative(store.original_path("C", "a b.jpg")) == "c/originals/a b.jpg"
+def test_static_name_uses_slashes(tmp_path):
+    store = FileStore(str(tmp_path), collection_dirs={"C": "c/d"})
+    assert store.static_name("C", "a b.jpg") == "c/d/originals/a b.jpg"
 
 
 # ---------------------------------------------------------------------------- the interface
@@ -316,7 +322,7 @@ def test_thumbnail_of_renders_into_the_store_and_is_then_fresh(tmp_path):
     engine = fake_thumbnailer(renderer)
     assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
     assert store.list("C", storage.THUMBNAIL) == ["a b_64.png"]
-    assert os.listdir(store.thumbnails_dir("C")) == ["a b_64.png"]  # the scratch dir is gone
+    assert os.listdir(thumbnails_dir(store, "C")) == ["a b_64.png"]  # the scratch dir is gone
     with store.open("C", "a b_64.png", storage.THUMBNAIL) as handle:
         assert handle.read() == samples.png()
     assert engine.thumbnail_of(store, "C", "a b.png", 64) == ("a b_64.png", "image/png")
@@ -337,7 +343,7 @@ def test_thumbnail_of_makes_one_conversion_for_concurrent_requests(tmp_path):
                             gate)
     assert errors == [] and results == [("a_64.png", "image/png")] * 32
     assert len(renderer.calls) == 1
-    assert os.listdir(store.thumbnails_dir("C")) == ["a_64.png"]
+    assert os.listdir(thumbnails_dir(store, "C")) == ["a_64.png"]
 
 
 def test_save_thumbnail_renames_into_place(tmp_path):
@@ -364,7 +370,7 @@ def test_save_thumbnail_across_filesystems_copies_and_keeps_the_date(tmp_path, m
     calls = first_rename_crosses_filesystems(monkeypatch)
     store.save_thumbnail(None, "a_64.png", str(rendered))
     assert store.stat(None, "a_64.png", storage.THUMBNAIL) == storage.FileInfo(5, 5 * 10 ** 18)
-    assert os.listdir(store.thumbnails_dir(None)) == ["a_64.png"]
+    assert os.listdir(thumbnails_dir(store, None)) == ["a_64.png"]
 
 
 def test_prepare_and_problem(tmp_path):
@@ -384,8 +390,10 @@ def test_prepare_and_problem(tmp_path):
 def test_describe_areas_and_free_space(tmp_path):
     store = FileStore(str(tmp_path), collection_dirs={"KU Fish": "fish", "KUFishtissue": "fish",
                                                       "Birds": "birds"})
-    assert [area.colls for area in store.areas()] == [("Birds",), ("KU Fish", "KUFishtissue")]
-    assert store.areas("KUFishtissue") == store.areas("KU Fish")
+    assert store.areas() == [storage.Area("birds", ("Birds",)),
+                             storage.Area("fish", ("KU Fish", "KUFishtissue"))]
+    assert store.areas("KUFishtissue") == store.areas("KU Fish") == store.areas()[1:]
+    assert FileStore(str(tmp_path)).areas() == [storage.Area(".", ())]
     with pytest.raises(UnknownCollection):
         store.areas("Unknown")
     rows = store.describe()

@@ -1,4 +1,4 @@
-"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats` (or python -m)."""
+"""Command line: `webassets serve|check|keygen|token|thumbnails|fsck|stats|migrate`."""
 
 import argparse
 import logging
@@ -33,29 +33,34 @@ def _source(args):
     return args.settings or os.environ.get("WEBASSETS_SETTINGS") or "the defaults"
 
 
-def prepare_store(settings):
-    """Create BASE_DIR if needed and check it is writable; raise ConfigError otherwise.
+def prepare_store(store):
+    """Create what the store needs and check it takes files; raise ConfigError otherwise.
 
-    A bucket (STORAGE = 's3') needs nothing created: /readyz and `check` report its access.
+    A remote store (a bucket) that cannot take files now is only warned about: it may be
+    back in a moment, and /readyz reports it meanwhile.
     """
-    if settings.STORAGE == "s3":
-        return
     try:
-        os.makedirs(settings.BASE_DIR, exist_ok=True)
+        store.prepare()
     except OSError as ex:
-        raise config.ConfigError("Cannot create BASE_DIR %s: %s" % (settings.BASE_DIR, ex.strerror))
-    if not os.access(settings.BASE_DIR, os.W_OK | os.X_OK):
-        raise config.ConfigError("BASE_DIR %s is not writable by this user" % settings.BASE_DIR)
+        raise config.ConfigError("Cannot prepare the store %s: %s"
+                                 % (store.location(), ex.strerror or ex))
+    problem = store.problem()
+    if problem and store.remote:
+        logger.warning("The store %s cannot take files now: %s", store.location(), problem)
+    elif problem:
+        raise config.ConfigError("The store %s cannot take files: %s"
+                                 % (store.location(), problem))
 
 
 def _existing_store(settings):
-    """Return the app over an existing BASE_DIR (never created here); ConfigError if missing."""
+    """Return the app over an existing store (never created here); ConfigError if missing."""
     from .app import create_app
 
-    if settings.STORAGE == "local" and not os.path.isdir(settings.BASE_DIR):
-        raise config.ConfigError("BASE_DIR %s does not exist (is the volume mounted?)"
-                                 % settings.BASE_DIR)
-    return create_app(settings)
+    app = create_app(settings)
+    absent = app.store.absent()
+    if absent:
+        raise config.ConfigError(absent)
+    return app
 
 
 # ---------------------------------------------------------------------------- commands
@@ -67,9 +72,9 @@ def cmd_serve(args):
 
     settings = _load(args)
     logutil.set_format(args.log, settings.ACCESS_LOG_FORMAT)
-    prepare_store(settings)
     processes = settings.processes
     app = create_app(settings)
+    prepare_store(app.store)
     formats = app.thumbnailer.formats()  # probed once here, before the workers fork
     missing = sorted(name for name, ok in formats.items() if not ok)
     logger.info("Thumbnail formats: %s", ", ".join(sorted(n for n, ok in formats.items() if ok)))
@@ -82,7 +87,7 @@ def cmd_serve(args):
         logger.info("webassets %s listening on %s:%d (%d process(es) x %d request slots), "
                     "store %s",
                     __version__, settings.BIND_ADDRESS, server.server_port, processes,
-                    settings.WORKERS, app.store.label)
+                    settings.WORKERS, app.store.location())
         logger.info("Specify attachment.url = %s/web_asset_store.xml",
                     settings.public_base())
 
@@ -181,6 +186,23 @@ def cmd_stats(args):
     return admin.stats(app.store, top=args.top, as_json=args.json, quiet=args.quiet)
 
 
+def cmd_migrate(args):
+    """Copy every original and thumbnail into the store of another settings file."""
+    from . import migrate
+    from .app import create_app
+
+    source = _existing_store(_load(args)).store
+    target = create_app(config.load(args.to)).store
+    try:
+        migrate.check_pair(source, target)  # before the target is created
+        if not args.dry_run:
+            prepare_store(target)
+        return migrate.migrate(source, target, dry_run=args.dry_run, jobs=args.jobs,
+                               size_only=args.size_only, quiet=args.quiet)
+    except migrate.MigrateError as ex:
+        raise config.ConfigError(str(ex)) from None
+
+
 # ---------------------------------------------------------------------------- parser
 
 def _sizes(text):
@@ -274,7 +296,30 @@ def build_parser():
                  [walks])
     stats.add_argument("--top", type=_positive, default=10, help="largest files shown (10)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _migrate_parser(sub)
     return parser
+
+
+def _migrate_parser(sub):
+    migrate = _add(sub, "migrate", cmd_migrate, "copy every file into another store (resumable)",
+                   description=(
+                       "Copy every original, then every thumbnail, from the store of --from into "
+                       "the store of --to (e.g. the local disk into a bucket, or back). Files "
+                       "the target holds with the same size and content are skipped, so a "
+                       "second run copies only what changed meanwhile; a differing file that is "
+                       "newer in the target is kept. Each copy is atomic and verified; nothing "
+                       "is deleted from either store. Safe while the server runs."))
+    migrate.add_argument("--from", "--settings", dest="settings", metavar="SETTINGS",
+                         help="settings.py of the source (default: $WEBASSETS_SETTINGS)")
+    migrate.add_argument("--to", required=True, metavar="SETTINGS",
+                         help="settings.py of the target (its STORAGE, BASE_DIR or bucket)")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="compare and list what would be copied; copy nothing")
+    migrate.add_argument("--jobs", type=_positive, default=4, help="files at once (default: 4)")
+    migrate.add_argument("--size-only", action="store_true",
+                         help="treat files of equal size as equal (a quick catch-up; no reads)")
+    migrate.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    migrate.add_argument("-v", "--verbose", action="store_true", help="log INFO messages too")
 
 
 def main(argv=None):

@@ -1,11 +1,10 @@
-"""Store maintenance: thumbnails pregen and prune, fsck and stats, over every collection dir."""
+"""Store maintenance: thumbnails pregen and prune, fsck and stats, through the store's listings."""
 
 import heapq
 import json
 import logging
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -16,22 +15,15 @@ from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Area", "areas", "pregen", "prune", "fsck", "stats", "human_size"]
+__all__ = ["pregen", "prune", "fsck", "stats", "human_size", "run_bounded", "Report", "shown_name",
+           "unsafe_reason", "is_served", "Owners"]
 
-DEFAULT_GRACE = 3600  # seconds: a temporary file younger than this may belong to a live request
+DEFAULT_GRACE = 3600  # seconds: unfinished work younger than this may belong to a live request
 DEFAULT_PREGEN_SIZES = (123, 200)  # Specify 7's preview and the Web Portal's
 MAX_LISTED_FAILURES = 20
 
 
-Area = storage.Area
-
-
-def areas(store, coll=None):
-    """Return the store's collection directories, or only `coll`'s; UnknownCollection."""
-    return store.areas(coll)
-
-
-class _Owners:
+class Owners:
     """The originals of one area, indexed to find a thumbnail's original quickly."""
 
     def __init__(self, names):
@@ -40,26 +32,18 @@ class _Owners:
             self._by_root.setdefault(os.path.splitext(name)[0], []).append(name)
 
     def owner(self, thumb_name, root):
-        """Return the original `thumb_name` belongs to, or None (an orphan)."""
+        """Return the original `thumb_name` (parsed: its `root`) belongs to, or None (an orphan)."""
         return next((name for name in self._by_root.get(root, ())
                      if thumbnails.is_thumbnail_of(name, thumb_name)), None)
 
-
-def _entries(directory):
-    """Return the directory's entries sorted by name; none if it does not exist."""
-    try:
-        with os.scandir(directory) as entries:
-            return sorted(entries, key=lambda entry: entry.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    def of(self, thumb_name):
+        """Return the original `thumb_name` belongs to, or None (an orphan or not a thumbnail)."""
+        parsed = thumbnails.parse_thumbnail_name(thumb_name)
+        return None if parsed is None else self.owner(thumb_name, parsed[0])
 
 
-def _is_temp(name):
-    return name.startswith(storage.TEMP_PREFIXES)
-
-
-def _unsafe(name):
-    """Return why the server could never serve `name`, or None."""
+def unsafe_reason(name):
+    """Return why the server could never serve a stored `name`, or None."""
     try:
         storage.check_name(name, "name")
         name.encode("utf-8")
@@ -68,6 +52,22 @@ def _unsafe(name):
     except UnicodeEncodeError:
         return "name is not valid UTF-8"
     return None
+
+
+def is_served(listed):
+    """Tell whether a Listed entry is a file the server serves (a safe name, a regular file)."""
+    return listed.problem is None and unsafe_reason(listed.name) is None
+
+
+def shown_name(store, coll, name, kind=storage.ORIGINAL):
+    """Return `name` as reports show it: relative to the store ('fish/originals/a.jpg').
+
+    Names the server could never serve are shown too (the store would refuse them).
+    """
+    try:
+        return store.static_name(coll, name, kind)
+    except storage.UnsafeName:
+        return store.static_name(coll, "_", kind)[:-1] + name
 
 
 def human_size(number):
@@ -89,22 +89,24 @@ def _age(seconds):
 class Report:
     """A walk's findings: counted as they come, written to `out` after the progress bar."""
 
-    def __init__(self, base_dir, out=None):
-        self.base_dir = base_dir
+    def __init__(self, out=None):
         self.out = out
         self.counts = {}
         self._lines = []
+        self._lock = threading.Lock()
 
-    def add(self, status, what, path, detail=""):
-        """Record one finding, e.g. ('removed', 'orphan thumbnail', path, '12 KiB')."""
-        self.add_stored(status, what, os.path.relpath(path, self.base_dir), detail)
-
-    def add_stored(self, status, what, name, detail=""):
+    def add(self, status, what, name, detail=""):
         """Record one finding about a file named relative to the store ('c/originals/a.jpg')."""
-        self.counts[status] = self.counts.get(status, 0) + 1
         shown = logutil.escape(name)
-        self._lines.append("%-12s %-24s %s%s\n" % (status, what, shown,
-                                                   "  (%s)" % detail if detail else ""))
+        with self._lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
+            self._lines.append("%-12s %-24s %s%s\n" % (status, what, shown,
+                                                       "  (%s)" % detail if detail else ""))
+
+    def tally(self, status):
+        """Count a finding without listing it (past a listing limit)."""
+        with self._lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
 
     def count(self, *statuses):
         """Return how many findings have any of `statuses`."""
@@ -113,101 +115,54 @@ class Report:
     def write(self, text=""):
         """Write the findings so far, then `text`."""
         out = self.out or sys.stdout
-        out.write("".join(self._lines) + text)
-        self._lines = []
+        with self._lock:
+            out.write("".join(self._lines) + text)
+            self._lines = []
 
 
-def _delete_reported(report, shown, what, dry_run, delete, gone, detail=""):
+def _delete_reported(report, shown, what, dry_run, delete, detail=""):
     """Run `delete()` unless dry_run, and report it under `shown`; False if it failed.
 
-    `gone` is the exception `delete()` raises when the file went meanwhile (a request
-    finished or deleted it): nothing is left to repair then.
+    A file that went meanwhile (MissingFile: a request finished or deleted it) leaves
+    nothing to repair.
     """
     if dry_run:
-        report.add_stored("would remove", what, shown, detail)
+        report.add("would remove", what, shown, detail)
         return True
     try:
         delete()
-    except gone:
+    except storage.MissingFile:
         pass
-    except OSError as ex:
-        report.add_stored("FAILED", what, shown, "cannot remove: %s" % (ex.strerror or ex))
+    except (OSError, storage.StorageError) as ex:
+        report.add("FAILED", what, shown, "cannot remove: %s" % (getattr(ex, "strerror", None)
+                                                                 or ex))
         return False
-    report.add_stored("removed", what, shown, detail)
+    report.add("removed", what, shown, detail)
     return True
 
 
-def _remove(report, path, what, dry_run, detail="", tree=False):
-    """Remove a file (or a tree) unless dry_run, and report it; False if removal failed."""
-    remove = shutil.rmtree if tree else os.unlink
-    return _delete_reported(report, os.path.relpath(path, report.base_dir), what, dry_run,
-                            lambda: remove(path), FileNotFoundError, detail)
+def _walked_colls(store, coll=None):
+    """Return one collection per area, or `coll`'s; UnknownCollection.
 
-
-# ---------------------------------------------------------------------------- thumbnails pregen
-
-def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, jobs=None,
-           out=None, quiet=False):
-    """Make the missing thumbnails of every original at `sizes` (snapped to the ladder).
-
-    Resumable: fresh thumbnails are skipped. At most `jobs` (by default, and at most, the
-    engine's THUMBNAIL_WORKERS) conversions run at once, on the server's engine. Returns
-    EXIT_ATTENTION if any conversion failed. Raises UnknownCollection, or BadScale for a size.
+    None stands for the store when COLLECTION_DIRS is None (any collection will do).
     """
-    scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
-                                            settings.THUMBNAIL_SIZES) for size in sizes})
-    work = [(one_coll, name, scale) for one_coll in _walked_colls(store, coll)
-            for name in store.list(one_coll)
-            if _unsafe(name) is None for scale in scales]
-    # More threads than the engine's converter slots would only wait for a slot.
-    jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
-    report = Report(store.base_dir, out)
-    report.write("pregen: %d thumbnails (sizes %s), %d at a time\n"
-                 % (len(work), ", ".join(map(str, scales)), jobs))
-    tally = {"made": 0, "present": 0, "not an image": 0, "failed": 0}
-    lock = threading.Lock()
-    bar = Progress("pregen", len(work), enabled=not quiet)
-
-    def one(item):
-        outcome = _pregen_one(store, thumbnailer, item, report, lock)
-        with lock:
-            tally[outcome] += 1
-        bar.update()
-
-    try:
-        _run_bounded(one, work, jobs)
-    finally:
-        bar.close()
-        report.write("made %(made)d, already there %(present)d, not an image %(not an image)d, "
-                     "failed %(failed)d\n" % tally)
-    return EXIT_ATTENTION if tally["failed"] else EXIT_OK
+    return [area.coll for area in store.areas(coll)]
 
 
-def _pregen_one(store, thumbnailer, item, report, lock):
-    coll, name, scale = item
-    thumb_name = thumbnails.thumbnail_name(name, scale)
-    try:
-        if (store.stat(coll, thumb_name, storage.THUMBNAIL).mtime_ns
-                >= store.stat(coll, name).mtime_ns):
-            return "present"
-    except (storage.MissingFile, OSError):
-        pass  # no thumbnail yet (or the original just went away: the engine says which)
-    try:
-        thumbnailer.thumbnail_of(store, coll, name, scale)
-    except thumbnails.NotThumbnailable:
-        return "not an image"
-    except (thumbnails.ThumbnailError, storage.StorageError, OSError) as ex:
-        with lock:
-            if report.count("FAILED") < MAX_LISTED_FAILURES:
-                report.add_stored("FAILED", "thumbnail at %d" % scale,
-                                  store.static_name(coll, name), str(ex))
-            else:
-                report.counts["FAILED"] += 1
-        return "failed"
-    return "made"
+def scan_all(store, wanted, label, quiet=False):
+    """Return {(coll, kind): [Listed]} of store.scan() for each (coll, kind) of `wanted`, in order.
+
+    A progress bar counts the listings: on a bucket each is a LIST per thousand objects.
+    """
+    found = {}
+    with Progress(label + " listing", len(wanted), enabled=not quiet) as bar:
+        for coll, kind in wanted:
+            found[(coll, kind)] = store.scan(coll, kind)
+            bar.update()
+    return found
 
 
-def _run_bounded(function, items, jobs):
+def run_bounded(function, items, jobs, name="worker"):
     """Call function(item) for every item on `jobs` threads; Ctrl-C lets running calls end."""
     pending = queue.Queue(maxsize=jobs * 2)
     stop = threading.Event()
@@ -220,7 +175,7 @@ def _run_bounded(function, items, jobs):
             if not stop.is_set():
                 function(item)
 
-    threads = [threading.Thread(target=work, name="pregen-%d" % n, daemon=True)
+    threads = [threading.Thread(target=work, name="%s-%d" % (name, n), daemon=True)
                for n in range(jobs)]
     for thread in threads:
         thread.start()
@@ -237,50 +192,98 @@ def _run_bounded(function, items, jobs):
             thread.join()
 
 
+# ---------------------------------------------------------------------------- thumbnails pregen
+
+def _pregen_work(listings, coll, scales):
+    """Return [(coll, name, scale, fresh)] for `coll`'s originals, judged from two listings.
+
+    A thumbnail dated no earlier than its original is taken as fresh (the server judges by
+    the store's own rule on request: a bucket's thumbnail follows its original's ETag).
+    """
+    thumbs = {listed.name: listed.mtime_ns for listed in listings[(coll, storage.THUMBNAIL)]
+              if listed.problem is None}
+    return [(coll, listed.name, scale,
+             thumbs.get(thumbnails.thumbnail_name(listed.name, scale), -1) >= listed.mtime_ns)
+            for listed in listings[(coll, storage.ORIGINAL)] if is_served(listed)
+            for scale in scales]
+
+
+def pregen(store, thumbnailer, settings, sizes=DEFAULT_PREGEN_SIZES, coll=None, jobs=None,
+           out=None, quiet=False):
+    """Make the missing thumbnails of every original at `sizes` (snapped to the ladder).
+
+    Resumable: fresh thumbnails (dated no earlier than their original in the store's
+    listing) are skipped. At most `jobs` (by default, and at most, the engine's
+    THUMBNAIL_WORKERS) conversions run at once, on the server's engine. Returns
+    EXIT_ATTENTION if any conversion failed. Raises UnknownCollection, or BadScale for a size.
+    """
+    scales = sorted({thumbnails.parse_scale(str(size), settings.MAX_SCALE,
+                                            settings.THUMBNAIL_SIZES) for size in sizes})
+    colls = _walked_colls(store, coll)
+    listings = scan_all(store, [(one, kind) for one in colls
+                                for kind in (storage.THUMBNAIL, storage.ORIGINAL)],
+                        "pregen", quiet)
+    work = [item for one in colls for item in _pregen_work(listings, one, scales)]
+    # More threads than the engine's converter slots would only wait for a slot.
+    jobs = max(1, min(jobs or thumbnailer.max_workers, thumbnailer.max_workers))
+    report = Report(out)
+    report.write("pregen: %d thumbnails (sizes %s), %d at a time\n"
+                 % (len(work), ", ".join(map(str, scales)), jobs))
+    tally = {"made": 0, "present": 0, "not an image": 0, "failed": 0}
+    lock = threading.Lock()
+    bar = Progress("pregen", len(work), enabled=not quiet)
+
+    def one(item):
+        outcome = _pregen_one(store, thumbnailer, item, report)
+        with lock:
+            tally[outcome] += 1
+        bar.update()
+
+    try:
+        run_bounded(one, work, jobs, "pregen")
+    finally:
+        bar.close()
+        report.write("made %(made)d, already there %(present)d, not an image %(not an image)d, "
+                     "failed %(failed)d\n" % tally)
+    return EXIT_ATTENTION if tally["failed"] else EXIT_OK
+
+
+def _pregen_one(store, thumbnailer, item, report):
+    coll, name, scale, fresh = item
+    if fresh:
+        return "present"
+    try:
+        thumbnailer.thumbnail_of(store, coll, name, scale)
+    except thumbnails.NotThumbnailable:
+        return "not an image"
+    except (thumbnails.ThumbnailError, storage.StorageError, OSError) as ex:
+        if report.count("FAILED") < MAX_LISTED_FAILURES:
+            report.add("FAILED", "thumbnail at %d" % scale, store.static_name(coll, name), str(ex))
+        else:
+            report.tally("FAILED")
+        return "failed"
+    return "made"
+
+
 # ---------------------------------------------------------------------------- thumbnails prune
-
-def _walked_colls(store, coll=None):
-    """Return one collection per collection directory, or `coll`'s; UnknownCollection.
-
-    None stands for the store when COLLECTION_DIRS is None (any collection will do).
-    """
-    return [area.colls[0] if area.colls else None for area in areas(store, coll)]
-
-
-def _prunable_thumbnails(store, coll):
-    """Return the names of `coll`'s thumbnails that prune may judge.
-
-    Symlinks are left alone, as they always were: someone put them there on purpose.
-    Names the server could never make are fsck's to report.
-    """
-    found = []
-    for name in store.list(coll, storage.THUMBNAIL):
-        try:
-            path = store.local_path(coll, name, storage.THUMBNAIL)
-        except storage.UnsafeName:
-            continue
-        if path is None or not os.path.islink(path):
-            found.append(name)
-    return found
-
-
-def _remove_thumbnail(report, store, coll, name, what, dry_run, detail=""):
-    """Delete a stored thumbnail unless dry_run, and report it; False if deletion failed."""
-    return _delete_reported(report, store.static_name(coll, name, storage.THUMBNAIL), what,
-                            dry_run, lambda: store.delete_thumbnail(coll, name),
-                            storage.MissingFile, detail)
-
 
 def prune(store, settings, dry_run=False, out=None, quiet=False):
     """Remove thumbnails whose original is gone, and off-ladder sizes when a ladder is set.
 
-    Returns EXIT_ATTENTION if a removal failed or, with dry_run, if any would be removed.
+    Symlinked thumbnails are left alone, as they always were: someone put them there on
+    purpose; names the server could never make are fsck's to report. Returns
+    EXIT_ATTENTION if a removal failed or, with dry_run, if any would be removed.
     """
-    report = Report(store.base_dir, out)
+    report = Report(out)
     # Thumbnails are listed before originals: a thumbnail made meanwhile then has its
     # original in the list, so a live upload never loses its fresh thumbnail.
-    listings = [(coll, _prunable_thumbnails(store, coll)) for coll in _walked_colls(store)]
-    listings = [(coll, thumbs, _Owners(store.list(coll))) for coll, thumbs in listings]
+    colls = _walked_colls(store)
+    found = scan_all(store, [(coll, storage.THUMBNAIL) for coll in colls]
+                     + [(coll, storage.ORIGINAL) for coll in colls], "prune", quiet)
+    listings = [(coll, [listed.name for listed in found[(coll, storage.THUMBNAIL)]
+                        if is_served(listed) and not listed.link],
+                 Owners(listed.name for listed in found[(coll, storage.ORIGINAL)]))
+                for coll in colls]
     total = sum(len(thumbs) for _, thumbs, _ in listings)
     sizes = frozenset(settings.THUMBNAIL_SIZES or ())
     with Progress("prune", total, enabled=not quiet) as bar:
@@ -292,6 +295,12 @@ def prune(store, settings, dry_run=False, out=None, quiet=False):
                  % (total, "would remove" if dry_run else "removed",
                     report.count("would remove" if dry_run else "removed")))
     return EXIT_ATTENTION if report.count("FAILED", "would remove") else EXIT_OK
+
+
+def _remove_thumbnail(report, store, coll, name, what, dry_run, detail=""):
+    """Delete a stored thumbnail unless dry_run, and report it; False if deletion failed."""
+    return _delete_reported(report, store.static_name(coll, name, storage.THUMBNAIL), what,
+                            dry_run, lambda: store.delete_thumbnail(coll, name), detail)
 
 
 def _prune_one(store, coll, name, owners, sizes, report, dry_run):
@@ -307,85 +316,83 @@ def _prune_one(store, coll, name, owners, sizes, report, dry_run):
 
 # ---------------------------------------------------------------------------- fsck
 
-def _temp_age(entry, now):
-    """Return the seconds since a temporary file or directory (or anything in it) changed."""
-    newest = entry.stat(follow_symlinks=False).st_mtime
-    if entry.is_dir(follow_symlinks=False):
-        for inner in _entries(entry.path):
-            newest = max(newest, inner.stat(follow_symlinks=False).st_mtime)
-    return now - newest
-
-
-def _check_temp(entry, report, dry_run, grace, now):
-    try:
-        age = _temp_age(entry, now)
-    except FileNotFoundError:
-        return  # finished meanwhile
-    what = "leftover upload" if entry.name.startswith(storage.UPLOAD_PREFIX) else "leftover render"
+def _check_unfinished(store, item, report, dry_run, grace, now):
+    age = now - item.changed
     if age < grace:
-        report.add("kept", what.replace("leftover", "recent"), entry.path,
+        report.add("kept", "recent " + item.what, item.shown,
                    "%s old, may be in progress" % _age(age))
         return
-    _remove(report, entry.path, what, dry_run, "%s old" % _age(age),
-            tree=entry.is_dir(follow_symlinks=False))
+    _delete_reported(report, item.shown, "leftover " + item.what, dry_run,
+                     lambda: store.remove_unfinished(item), "%s old" % _age(age))
 
 
-def _check_original(entry, report):
-    reason = _unsafe(entry.name)
+def _check_original(store, coll, listed, report):
+    shown = shown_name(store, coll, listed.name)
+    reason = unsafe_reason(listed.name)
     if reason is not None:
-        report.add("PROBLEM", "unsafe name", entry.path, reason + "; never served")
+        report.add("PROBLEM", "unsafe name", shown, reason + "; never served")
         return
-    try:
-        if not entry.is_file():
-            report.add("PROBLEM", "not a regular file", entry.path)
+    if listed.problem is not None:
+        report.add("PROBLEM", listed.problem, shown)
+        return
+    if store.local_path(coll, listed.name) is not None:
+        # A local file is cheap to open: find the unreadable ones (a remote store's
+        # listing has already proven the object is there).
+        try:
+            with store.open(coll, listed.name) as handle:
+                handle.read(1)
+        except storage.MissingFile:
+            return  # deleted meanwhile
+        except OSError as ex:
+            report.add("PROBLEM", "unreadable original", shown, ex.strerror or str(ex))
             return
-        with open(entry.path, "rb") as handle:
-            first = handle.read(1)
-    except OSError as ex:
-        report.add("PROBLEM", "unreadable original", entry.path, ex.strerror or str(ex))
-        return
-    if not first:
-        report.add("PROBLEM", "zero-byte original", entry.path, "upload it again")
+    if listed.size == 0:
+        report.add("PROBLEM", "zero-byte original", shown, "upload it again")
 
 
-def _check_thumbnail(entry, owners, report, dry_run):
-    reason = _unsafe(entry.name)
-    parsed = thumbnails.parse_thumbnail_name(entry.name) if reason is None else None
-    try:
-        is_file = entry.is_file(follow_symlinks=False)
-        empty = is_file and entry.stat(follow_symlinks=False).st_size == 0
-    except FileNotFoundError:
-        return  # removed meanwhile (the original was deleted)
-    if reason is not None or parsed is None or not is_file:
-        report.add("PROBLEM", "not a thumbnail", entry.path,
-                   reason or ("unexpected name" if parsed is None else "not a regular file"))
-    elif owners.owner(entry.name, parsed[0]) is None:
-        _remove(report, entry.path, "orphan thumbnail", dry_run)
-    elif empty:
-        _remove(report, entry.path, "zero-byte thumbnail", dry_run, "made again on request")
+def _check_thumbnail(store, coll, listed, owners, report, dry_run):
+    name = listed.name
+    reason = unsafe_reason(name)
+    parsed = thumbnails.parse_thumbnail_name(name) if reason is None else None
+    if reason is not None or parsed is None or listed.problem is not None or listed.link:
+        report.add("PROBLEM", "not a thumbnail", shown_name(store, coll, name, storage.THUMBNAIL),
+                   reason or ("unexpected name" if parsed is None else storage.NOT_A_FILE))
+    elif owners.owner(name, parsed[0]) is None:
+        _remove_thumbnail(report, store, coll, name, "orphan thumbnail", dry_run)
+    elif listed.size == 0:
+        _remove_thumbnail(report, store, coll, name, "zero-byte thumbnail", dry_run,
+                          "made again on request")
 
 
 def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=None):
     """Check the whole store; repair what is safe to repair, report the rest.
 
-    Removes temporary files older than `grace` seconds (interrupted uploads and renders),
-    orphan and zero-byte thumbnails. Reports zero-byte or unreadable originals and names the
-    server can never serve. Returns EXIT_ATTENTION if a problem is left (or, with dry_run,
-    anything would be repaired).
+    Removes unfinished work older than `grace` seconds (interrupted uploads and renders,
+    unfinished multipart uploads, stale leases), orphan and zero-byte thumbnails. Reports
+    zero-byte or unreadable originals and names the server can never serve. Returns
+    EXIT_ATTENTION if a problem is left (or, with dry_run, anything would be repaired).
     """
     now = time.time() if now is None else now
-    report = Report(store.base_dir, out)
-    selected = areas(store)
-    # Uploads are staged in BASE_DIR itself while Specify 7's `coll` is still unknown.
-    base_temps = [entry for entry in _entries(store.base_dir) if _is_temp(entry.name)]
-    listings = [(area, _entries(area.originals), _entries(area.thumbnails)) for area in selected]
-    total = len(base_temps) + sum(len(orig) + len(thumb) for _, orig, thumb in listings)
+    report = Report(out)
+    work = store.unfinished()
+    colls = _walked_colls(store)
+    found = scan_all(store, [(coll, kind) for coll in colls
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL)], "fsck", quiet)
+    listings = [(coll, found[(coll, storage.ORIGINAL)], found[(coll, storage.THUMBNAIL)])
+                for coll in colls]
+    total = len(work) + sum(len(orig) + len(thumb) for _, orig, thumb in listings)
     with Progress("fsck", total, enabled=not quiet) as bar:
-        for entry in base_temps:
-            _check_temp(entry, report, dry_run, grace, now)
+        for item in work:
+            _check_unfinished(store, item, report, dry_run, grace, now)
             bar.update()
-        for area, originals, thumbs in listings:
-            _fsck_area(originals, thumbs, report, dry_run, grace, now, bar)
+        for coll, originals, thumbs in listings:
+            owners = Owners(listed.name for listed in originals)
+            for listed in originals:
+                _check_original(store, coll, listed, report)
+                bar.update()
+            for listed in thumbs:
+                _check_thumbnail(store, coll, listed, owners, report, dry_run)
+                bar.update()
     report.write("fsck: %d originals, %d thumbnails; %d repaired, %d to repair, %d problems\n"
                  % (sum(len(orig) for _, orig, _ in listings),
                     sum(len(thumbs) for _, _, thumbs in listings), report.count("removed"),
@@ -393,84 +400,46 @@ def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=N
     return EXIT_ATTENTION if report.count("PROBLEM", "FAILED", "would remove") else EXIT_OK
 
 
-def _fsck_area(originals, thumbs, report, dry_run, grace, now, bar):
-    names = [entry.name for entry in originals]
-    owners = _Owners(names)
-    for entry in originals:
-        if _is_temp(entry.name):
-            _check_temp(entry, report, dry_run, grace, now)
-        else:
-            _check_original(entry, report)
-        bar.update()
-    for entry in thumbs:
-        if _is_temp(entry.name):
-            _check_temp(entry, report, dry_run, grace, now)
-        else:
-            _check_thumbnail(entry, owners, report, dry_run)
-        bar.update()
-
-
 # ---------------------------------------------------------------------------- stats
 
-def _listing(store, coll, kind):
-    """Return (names, temporary names) of `coll`'s files of `kind`."""
-    return store.list(coll, kind), store.list_temporary(coll, kind)
-
-
-def _tally(store, coll, kind, listing, bar):
-    """Return (count, bytes, temporary files, [(size, stored name)]) of a _listing().
+def _tally(store, coll, kind, listing):
+    """Return (count, bytes, temporary files, [(size, stored name)]) of `coll`'s `kind`.
 
     Hidden files other than our temporary ones are not counted: the server never serves
-    them; nor are symlinks (as before) and names it could never serve.
+    them; nor are symbolic links (as before) and names it could never serve.
     """
-    names, temps = listing
-    count = total = 0
-    files = []
-    for name in names:
-        bar.update()
-        try:
-            path = store.local_path(coll, name, kind)
-            if path is not None and os.path.islink(path):
-                continue
-            info = store.stat(coll, name, kind)
-        except (storage.MissingFile, storage.UnsafeName):
-            continue  # deleted meanwhile, or a name no request can reach
-        count += 1
-        total += info.size
-        files.append((info.size, store.static_name(coll, name, kind)))
-    for _ in temps:
-        bar.update()
-    return count, total, len(temps), files
+    temps = store.list_temporary(coll, kind)
+    files = [(listed.size, store.static_name(coll, listed.name, kind)) for listed in listing
+             if is_served(listed) and not listed.link]
+    return len(files), sum(size for size, _ in files), len(temps), files
 
 
 def stats(store, top=10, as_json=False, out=None, quiet=False):
     """Print originals and thumbnails per collection directory and the largest originals."""
     out = out or sys.stdout
-    listings = [(area, coll, _listing(store, coll, storage.ORIGINAL),
-                 _listing(store, coll, storage.THUMBNAIL))
-                for area, coll in zip(areas(store), _walked_colls(store))]
     rows, largest = [], []
-    total = sum(len(names) + len(temps) for _, _, *both in listings for names, temps in both)
-    with Progress("stats", total, enabled=not quiet) as bar:
-        for area, coll, original_listing, thumb_listing in listings:
-            originals = _tally(store, coll, storage.ORIGINAL, original_listing, bar)
-            thumbs = _tally(store, coll, storage.THUMBNAIL, thumb_listing, bar)
-            rows.append({"directory": area.label, "collections": list(area.colls),
-                         "originals": originals[0], "originals_bytes": originals[1],
-                         "thumbnails": thumbs[0], "thumbnails_bytes": thumbs[1],
-                         "temporary": originals[2] + thumbs[2]})
-            largest = heapq.nlargest(top, largest + originals[3])
+    selected = store.areas()
+    found = scan_all(store, [(area.coll, kind) for area in selected
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL)], "stats", quiet)
+    for area in selected:
+        originals, thumbs = (_tally(store, area.coll, kind, found[(area.coll, kind)])
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL))
+        rows.append({"directory": area.label, "collections": list(area.colls),
+                     "originals": originals[0], "originals_bytes": originals[1],
+                     "thumbnails": thumbs[0], "thumbnails_bytes": thumbs[1],
+                     "temporary": originals[2] + thumbs[2]})
+        largest = heapq.nlargest(top, largest + originals[3])
     largest = [{"bytes": size, "path": name} for size, name in largest]
     if as_json:
-        out.write(json.dumps({"base_dir": store.base_dir, "directories": rows,
+        out.write(json.dumps({"store": store.location(), "directories": rows,
                               "largest_originals": largest}, indent=2) + "\n")
     else:
-        out.write(_stats_table(store.base_dir, rows, largest))
+        out.write(_stats_table(store.location(), rows, largest))
     return EXIT_OK
 
 
-def _stats_table(base_dir, rows, largest):
-    lines = ["Store %s" % logutil.escape(base_dir),
+def _stats_table(location, rows, largest):
+    lines = ["Store %s" % logutil.escape(location),
              "%-24s %10s %12s %10s %12s %5s" % (
                  "directory", "originals", "bytes", "thumbnails", "bytes", "temp")]
     keys = ("originals", "originals_bytes", "thumbnails", "thumbnails_bytes", "temporary")

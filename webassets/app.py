@@ -264,7 +264,9 @@ def create_app(settings, store=None, thumbnailer=None, metadata=None, clock=time
             observer=registry,
             # Every process and host on this store (serve's workers, mod_wsgi daemons,
             # pregen) renders one thumbnail at most once at a time.
-            lock_dir=factory.lock_dir(settings), tools=tools)
+            lock_dir=factory.lock_dir(settings), tools=tools,
+            leases=settings.THUMBNAIL_LEASES)
     if registry is not None:
         registry.thumbnailer = thumbnailer
+        registry.store = store
     return App(settings, store, thumbnailer, metadata or metadata_module, clock, metrics=registry)

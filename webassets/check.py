@@ -239,7 +239,7 @@ def _security_section(screen, settings):
                             "without a token, around REQUIRE_KEY_FOR_GET")
     else:
         screen.item("info", "ALLOW_STATIC_FILE_ACCESS = True: /static/ and /getfileref serve "
-                            "files under BASE_DIR without a token")
+                            "every stored file without a token")
 
 
 def _monitoring_section(screen, settings):

@@ -151,11 +151,19 @@ def _choice(*choices):
     return choice
 
 
-def _public_url(value):
-    value = _text(value).rstrip("/")
-    if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
-        raise ValueError("expected http(s)://host[:port][/prefix] without query or fragment")
-    return value
+def _url(pattern, reason):
+    def url(value):
+        value = _text(value).rstrip("/")
+        if not re.fullmatch(pattern, value):
+            raise ValueError(reason)
+        return value
+    url.__name__ = "url"
+    return url
+
+
+_public_url = _url(r"https?://[^/?#\s]+(/[^?#\s]*)?",
+                   "expected http(s)://host[:port][/prefix] without query or fragment")
+_endpoint = _url(r"https?://[^/?#\s]+", "expected http(s)://host[:port] without a path")
 
 
 def _base_dir(value):
@@ -179,13 +187,6 @@ def _key_prefix(value):
         return ""
     _relative_dir(value)  # no '..', '.', empty or absolute parts, no control characters
     return value + "/"
-
-
-def _endpoint(value):
-    value = _text(value).rstrip("/")
-    if not re.fullmatch(r"https?://[^/?#\s]+", value):
-        raise ValueError("expected http(s)://host[:port] without a path")
-    return value
 
 
 def _readable_file(value):
@@ -247,6 +248,8 @@ SCHEMA = (
     Setting("THUMBNAIL_WORKERS", None, _optional(_integer(1, 256)),
             "conversions at once per process; None: the CPUs shared among the processes"),
     Setting("THUMBNAIL_QUEUE", 64, _integer(0), "conversions that may wait (503 beyond)"),
+    Setting("THUMBNAIL_LEASES", False, _boolean,
+            "instances on other hosts sharing the store render each thumbnail once (a lease)"),
     Setting("MAX_PIXELS", 200 * 1000 * 1000, _integer(1), "largest image thumbnailed, in pixels"),
     # Fewer request slots fight less over the GIL (bench: c=64).
     Setting("WORKERS", 4, _integer(1, 1024), "request slots per process of the built-in server"),

@@ -11,8 +11,10 @@ HELP = """\
 exit status:
   0    success; nothing needs attention
   1    something needs attention: check found a FAIL; fsck or prune left a problem (with
-       --dry-run: found something to repair); pregen had a failed conversion; serve could
-       not listen
+       --dry-run: found something to repair); pregen had a failed conversion; migrate
+       could not copy a file (with --dry-run: found something to copy); serve could not
+       listen
   2    bad command line or settings (including an unknown --coll)
-  130  interrupted (Ctrl-C); pregen stops after the conversions running, and resumes later
+  130  interrupted (Ctrl-C); pregen and migrate stop after the work running, and resume
+       later
 """

@@ -48,6 +48,7 @@ class Metrics:
         self._conversion_seconds = {}  # format -> histogram
         self._in_flight = 0
         self.thumbnailer = None  # the engine reporting here (its `pending` is the queue gauge)
+        self.store = None  # the store: its request_stats() (a remote store's requests)
         self._shared_dir = None  # see share()
         self.started = clock()
 
@@ -156,6 +157,7 @@ class Metrics:
             }
         # NOTE: read without the Thumbnailer's lock; a scrape may be off by one, never wrong.
         snapshot["pending"] = getattr(self.thumbnailer, "pending", 0)
+        snapshot["store"] = self.store.request_stats() if self.store is not None else None
         return snapshot
 
     def _others(self):
@@ -192,13 +194,24 @@ def _add_histograms(total, histograms):
             into[index] += value
 
 
+def _add_store_stats(total, stats):
+    """Add one process's store request stats (None for a local store) into `total`."""
+    if stats is None:
+        return
+    into = total["store"] = total["store"] or {"requests": {}, "errors": {}, "seconds": {}}
+    for table in ("requests", "errors", "seconds"):
+        for name, value in stats.get(table, {}).items():
+            into[table][name] = into[table].get(name, 0) + value
+
+
 def merge_snapshots(snapshots, now, stale_after=STALE_AFTER):
     """Sum snapshots: counters from all, gauges only from those at most `stale_after` old."""
     requests, conversions = {}, {}
     total = {"latency": {}, "in_progress": {}, "bytes": [0, 0],
              "thumbnails": {"hit": 0, "miss": 0}, "rejected": 0, "conversion_seconds": {},
-             "in_flight": 0, "queued": 0}
+             "in_flight": 0, "queued": 0, "store": None}
     for snapshot in snapshots:
+        _add_store_stats(total, snapshot.get("store"))
         for endpoint, status, count in snapshot["requests"]:
             requests[(endpoint, status)] = requests.get((endpoint, status), 0) + count
         for fmt, result, count in snapshot["conversions"]:
@@ -259,7 +272,22 @@ def render_snapshot(merged, started):
             [({}, merged["in_flight"])])
     _family(out, "webassets_conversions_queued", "gauge",
             "Conversions waiting for a free converter slot.", [({}, merged["queued"])])
+    if merged["store"] is not None:
+        _store_families(out, merged["store"])
     return "".join(out)
+
+
+def _store_families(out, stats):
+    """Add a remote store's requests, their time and its errors (S3: by operation, code)."""
+    _family(out, "webassets_store_requests_total", "counter",
+            "Requests sent to the store (each attempt), by operation.",
+            [({"operation": op}, n) for op, n in sorted(stats["requests"].items())])
+    _family(out, "webassets_store_request_seconds_total", "counter",
+            "Time spent in store requests (with retries), by operation.",
+            [({"operation": op}, float(n)) for op, n in sorted(stats["seconds"].items())])
+    _family(out, "webassets_store_errors_total", "counter",
+            "Error answers and connection failures of the store, by code.",
+            [({"code": code}, n) for code, n in sorted(stats["errors"].items())])
 
 
 def _labels(labels):

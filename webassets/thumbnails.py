@@ -22,7 +22,8 @@ except ImportError:  # not POSIX: single flight holds within one process only
     fcntl = None
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
-from .storage import RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, FileInfo, fresh_by_mtime
+from .storage import (RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, FileInfo, StorageError,
+                      fresh_by_mtime)
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
@@ -70,6 +71,8 @@ STDERR_LOG_CHARS = 2000
 DISK_FULL_BYTES = 1024 * 1024
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_MESSAGE = "no space left to write the thumbnail"
+LEASE_MARGIN = 30  # seconds a lease outlives the conversion timeout (fetching, publishing)
+LEASE_POLL = 0.25  # seconds between looks for a thumbnail another instance is rendering
 
 # SECURITY: ImageMagick expands these in file names ('%d' scene numbers, globs, '[...]'
 # subimage specs) and Ghostscript expands '%' in its output file; such paths never reach argv.
@@ -330,12 +333,13 @@ class NullObserver:
 
 
 class _Want(collections.namedtuple(
-        "_Want", "key failure_key mtime_ns name scale is_fresh render")):
+        "_Want", "key failure_key mtime_ns name scale is_fresh render store lease_key")):
     """One thumbnail asked for: when it is fresh, and how to render and publish it.
 
     `key` names the thumbnail (single flight, the cross-process lock); `failure_key` the
     source version and scale, so a new upload under the same name (new mtime) is tried again
     at once. `is_fresh()` judges the published thumbnail; `render(job)` makes and publishes it.
+    `store` (None: no leases) holds the lease `lease_key` while one instance renders it.
     """
 
     __slots__ = ()
@@ -344,6 +348,9 @@ class _Want(collections.namedtuple(
     def content_type(self):
         """Return the type the thumbnail is served with (by its name's extension)."""
         return CONTENT_TYPES[output_format(self.name)]
+
+
+_NO_LEASE = object()  # the store could not give a lease: render without one
 
 
 class _Flight:
@@ -365,6 +372,11 @@ class Thumbnailer:
     directory in every process on the store, e.g. the built-in server's workers), processes
     agree too: a flight's leader takes an flock(2) on one of LOCK_STRIPES files in `lock_dir`
     before it renders, and skips the render if another process made the thumbnail meanwhile.
+    With `leases`, instances on other hosts agree as well: the leader takes the store's lease
+    on the thumbnail (store.try_lease) before it takes a slot; while another instance holds
+    it, the leader waits for the thumbnail to appear (polling every `lease_poll` seconds with
+    `sleep`), and renders itself only if it has not appeared when the holder's lease has
+    expired twice over.
     """
 
     def __init__(self, convert: Optional[str] = None, gs: Optional[str] = None,
@@ -375,7 +387,7 @@ class Thumbnailer:
                  limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
                  clock: Callable[[], float] = time.monotonic, observer=None,
                  lock_dir: Optional[str] = None, tools: Optional[Toolchain] = None,
-                 renderer=None):
+                 renderer=None, leases: bool = False, sleep: Callable = time.sleep):
         self.tools = tools or Toolchain(convert, gs, run)
         self.renderer = renderer or Renderer(self.tools, timeout, limits, max_pixels)
         self.max_workers = max_workers or os.cpu_count() or 1
@@ -386,6 +398,10 @@ class Thumbnailer:
         self._clock = clock
         self.observer = observer or NullObserver()
         self.lock_dir = lock_dir
+        self.leases = leases
+        self.lease_ttl = timeout + LEASE_MARGIN
+        self.lease_poll = LEASE_POLL
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(self.max_workers)
         self._flights = {}  # _Want.key -> _Flight
@@ -394,6 +410,22 @@ class Thumbnailer:
         self._average_seconds = 1.0
 
     # -- public API
+
+    def open_thumbnail(self, store, coll: Optional[str], name: str, scale: int, options=None):
+        """Return (StoredFile, content type) of the thumbnail of original `name` at `scale`.
+
+        A fresh cached thumbnail is opened with the freshness check itself
+        (store.open_fresh_thumbnail: one round trip to a remote store); else thumbnail_of()
+        makes it and it is opened with the storage.ReadOptions `options`. Raise what
+        thumbnail_of() raises.
+        """
+        thumb_name = thumbnail_name(name, scale)
+        cached = store.open_fresh_thumbnail(coll, name, thumb_name, options)
+        if cached is not None:
+            self.observer.observe_thumbnail(True)
+            return cached, CONTENT_TYPES[output_format(thumb_name)]
+        thumb_name, content_type = self.thumbnail_of(store, coll, name, scale)
+        return store.open(coll, thumb_name, THUMBNAIL, options), content_type
 
     def thumbnail_of(self, store, coll: Optional[str], name: str, scale: int) -> Tuple[str, str]:
         """Ensure `store` holds the thumbnail of original `name` at `scale`.
@@ -417,9 +449,12 @@ class Thumbnailer:
                 job = job._replace(source=os.path.abspath(path))
                 self._render_and_save(store, coll, thumb_name, job, source)
 
+        lease_key = ("thumbnail " + store.static_name(coll, thumb_name, THUMBNAIL)
+                     if self.leases else None)
         # The ETag names the version (a local store's is made of the mtime and size).
         want = _Want((coll, thumb_name), (coll, name, source.etag, scale), source.mtime_ns,
-                     thumb_name, scale, is_fresh, render)
+                     thumb_name, scale, is_fresh, render, store if self.leases else None,
+                     lease_key)
         if self._check_fresh(want):
             return thumb_name, want.content_type
         with store.open(coll, name) as original:  # seekable: a few ranged reads when remote
@@ -440,7 +475,8 @@ class Thumbnailer:
             self.renderer.render(job._replace(target=target_path))
 
         want = _Want(target_path, (os.path.abspath(source_path), mtime_ns, scale), mtime_ns,
-                     target_path, scale, lambda: _is_fresh(target_path, mtime_ns), render)
+                     target_path, scale, lambda: _is_fresh(target_path, mtime_ns), render,
+                     None, None)
         if self._check_fresh(want):
             return want.content_type
         fmt, size = self.inspect(source_path)
@@ -553,8 +589,10 @@ class Thumbnailer:
             # The lock comes before the slot: waiting for another process holds no slot.
             with self._process_lock(want.key):
                 if not want.is_fresh():  # else another process made it
-                    with self._slots:
-                        self._convert(want, job)
+                    with self._lease(want) as render:
+                        if render:  # else another instance made it
+                            with self._slots:
+                                self._convert(want, job)
         except BaseException as ex:
             flight.error = ex
             # A full disk is the store's fault, not the file's: try again once there is room.
@@ -596,6 +634,50 @@ class Thumbnailer:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _lease(self, want: "_Want"):
+        """Hold the store's lease on the thumbnail; yield whether this instance renders it.
+
+        Without leases, yield True. Waits (bounded) while another instance holds the lease.
+        """
+        if want.store is None:
+            yield True
+            return
+        lease, waited = self._try_lease(want), 0.0
+        while lease is None:
+            if want.is_fresh():
+                yield False  # the holder published it
+                return
+            if waited >= 2 * self.lease_ttl:
+                logger.warning("Thumbnail %s still missing after %.0f s under another "
+                               "instance's lease: rendering it here", want.lease_key, waited)
+                break
+            self._sleep(self.lease_poll)
+            waited += self.lease_poll
+            if waited >= self.lease_ttl:
+                lease = self._try_lease(want)  # the holder may have died: its lease expired
+        try:
+            # Checked again under the lease: a holder may have published and released it
+            # between our first look and our taking the lease.
+            yield not want.is_fresh()
+        finally:
+            if lease not in (None, _NO_LEASE):
+                try:
+                    want.store.release(lease)
+                except (OSError, StorageError) as ex:
+                    logger.warning("Cannot release the lease on %s (it expires): %s",
+                                   want.lease_key, ex)
+
+    def _try_lease(self, want: "_Want"):
+        """Return the store's lease on the thumbnail, None if held, _NO_LEASE on a store error."""
+        try:
+            return want.store.try_lease(want.lease_key, self.lease_ttl)
+        except (OSError, StorageError) as ex:
+            # A lease only saves duplicate work: without one, render (the store's own
+            # failure, if any, then shows where the thumbnail is published).
+            logger.warning("Cannot take the lease on %s: %s", want.lease_key, ex)
+            return _NO_LEASE
 
     def _remember_failure(self, key: tuple, ex: ThumbnailError) -> None:
         now = self._clock()

@@ -1,5 +1,7 @@
 """The store's interface: files keyed by (collection, kind, name), with its errors."""
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -20,6 +22,7 @@ RENDER_PREFIX = ".thumb-"  # a thumbnail being rendered (a directory, thumbnails
 TEMP_SUFFIX = ".tmp"
 TEMP_PREFIXES = (UPLOAD_PREFIX, RENDER_PREFIX)
 COPY_CHUNK = 1024 * 1024
+NOT_A_FILE = "not a regular file"  # Listed.problem of directories, sockets, dangling links
 
 
 class StorageError(Exception):
@@ -125,6 +128,89 @@ class FileInfo(NamedTuple):
         return cls(info.st_size, info.st_mtime_ns)
 
 
+class Area(NamedTuple):
+    """One collection directory of a store: its label and the collections kept there."""
+
+    label: str  # the COLLECTION_DIRS directory; '.' when COLLECTION_DIRS is None
+    colls: tuple  # the collections kept there, sorted; () when COLLECTION_DIRS is None
+
+    @property
+    def coll(self):
+        """Return one collection of the area (None for the store without COLLECTION_DIRS).
+
+        Every collection of an area names the same files, so any one walks the area.
+        """
+        return self.colls[0] if self.colls else None
+
+
+def group_areas(collection_dirs, coll=None):
+    """Return the Areas of COLLECTION_DIRS sorted by label, or only `coll`'s; UnknownCollection.
+
+    Collections that share a directory share one Area.
+    """
+    if collection_dirs is None:
+        # COMPAT: without COLLECTION_DIRS every collection is the one store.
+        return [Area(".", ())]
+    if coll is not None and coll not in collection_dirs:
+        raise UnknownCollection("Unknown collection: %r" % (coll,))
+    by_dir = {}
+    for name, directory in collection_dirs.items():
+        by_dir.setdefault(directory, []).append(name)
+    return [Area(directory, tuple(sorted(colls))) for directory, colls in sorted(by_dir.items())
+            if coll is None or directory == collection_dirs[coll]]
+
+
+class Listed(NamedTuple):
+    """One entry of a Store.scan(): what a listing tells without reading the file."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    md5: Optional[str] = None  # hex MD5 of the content, when the store knows it unread
+    link: bool = False  # a symbolic link (a filesystem store): put there by hand
+    problem: Optional[str] = None  # why the server can never serve this entry, else None
+
+
+class Unfinished(NamedTuple):
+    """Unfinished work in a store (an upload, a render, a lease): what fsck may remove."""
+
+    shown: str  # its name relative to the store, for reports
+    what: str  # 'upload', 'render', 'lease' or 'multipart upload'
+    changed: float  # epoch seconds of its last change
+    handle: object  # what the store's remove_unfinished() needs
+
+
+class Lease(NamedTuple):
+    """A lease taken with Store.try_lease(): `token` tells this holder from the next."""
+
+    key: str
+    token: str
+    ttl: float
+
+
+def lease_name(key):
+    """Return the file or object name of lease `key` in any store: a hex SHA-256 of it."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def lease_body(lease):
+    """Return the bytes a store keeps for a Lease (JSON: key, token, ttl)."""
+    return json.dumps({"key": lease.key, "token": lease.token, "ttl": lease.ttl}).encode()
+
+
+def lease_holder(data, default_ttl):
+    """Return (token, ttl) of stored lease bytes; (None, default_ttl) if unreadable.
+
+    A lease is unreadable while its taker is still writing it: judge it with the ttl
+    the asker would give it.
+    """
+    try:
+        held = json.loads(data.decode("utf-8"))
+        return str(held["token"]), float(held["ttl"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, default_ttl
+
+
 def fresh_by_mtime(thumbnail, source):
     """Tell whether a thumbnail (FileInfo) is fresh for its source's: dated no earlier."""
     return thumbnail.mtime_ns >= source.mtime_ns
@@ -218,6 +304,8 @@ class Store:
     implements collections(); check_collection() and resolve_collection() are shared.
     """
 
+    remote = False  # True for a store over the network (a bucket): its outages may pass
+
     def prepare(self):
         """Create what the store needs before its first request; OSError if it cannot."""
         raise NotImplementedError
@@ -305,6 +393,20 @@ class Store:
         """
         raise NotImplementedError
 
+    def open_fresh_thumbnail(self, coll, name, thumb_name, options=None):
+        """Open thumbnail `thumb_name` (as open()) if it is fresh for the original `name` now.
+
+        Return None if it is absent or stale; MissingFile if the original is. A remote store
+        overrides it to ask for both at once.
+        """
+        source = self.stat(coll, name)
+        if not self.thumbnail_is_fresh(coll, thumb_name, source):
+            return None
+        try:
+            return self.open(coll, thumb_name, THUMBNAIL, options)
+        except MissingFile:
+            return None  # deleted since: make it again
+
     def thumbnail_is_fresh(self, coll, name, source):
         """Tell whether thumbnail `name` exists and was made from the original `source`.
 
@@ -348,6 +450,60 @@ class Store:
 
     def static_name(self, coll, name, kind=ORIGINAL):
         """Return the '/'-separated name under /static that serves this file."""
+        raise NotImplementedError
+
+    # -- operating the store (admin, migrate, leases)
+
+    def location(self):
+        """Return one line naming where the files live; two stores with one location are one."""
+        raise NotImplementedError
+
+    def absent(self):
+        """Return why the store is not there at all (one line), or None; creates nothing."""
+        raise NotImplementedError
+
+    def areas(self, coll=None):
+        """Return the store's Areas sorted by label, or only `coll`'s; UnknownCollection."""
+        raise NotImplementedError
+
+    def scan(self, coll, kind=ORIGINAL):
+        """Return the Listed entries of `coll`'s files of `kind`, sorted by name.
+
+        Every entry but temporary work, including names the server can never serve (the
+        caller check_name()s them); one listing, no request per file.
+        """
+        raise NotImplementedError
+
+    def content_md5(self, coll, name, kind=ORIGINAL):
+        """Return the hex MD5 of a stored file if known without reading it, else None."""
+        self.stat(coll, name, kind)  # MissingFile, as every method
+        return None
+
+    def request_stats(self):
+        """Return a remote store's request counters for /metrics, or None (a local store).
+
+        {"requests": {operation: n}, "errors": {code: n}, "seconds": {operation: total}}.
+        """
+        return None
+
+    def unfinished(self):
+        """Return the store's unfinished work (Unfinished): uploads, renders, leases."""
+        raise NotImplementedError
+
+    def remove_unfinished(self, item):
+        """Remove one Unfinished; already gone is fine. OSError or StorageError if it cannot."""
+        raise NotImplementedError
+
+    def try_lease(self, key, ttl):
+        """Take the lease `key` for `ttl` seconds: a Lease, or None while another holds it.
+
+        A lease held longer than its ttl (by the store's clock) is taken over. Leases are
+        advisory: two holders at once cost duplicate work, never a wrong file.
+        """
+        raise NotImplementedError
+
+    def release(self, lease):
+        """Give a Lease back if it is still this holder's; never raises for one gone."""
         raise NotImplementedError
 
     def open_static(self, relpath, options=None):

@@ -4,12 +4,16 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
+import time
 
 from .base import (ORIGINAL, THUMBNAIL, COPY_CHUNK, UPLOAD_PREFIX, TEMP_SUFFIX, TEMP_PREFIXES,
-                   FileInfo, MissingFile, Store, StoredFile, UnsafeName, check_name, fresh_by_mtime)
+                   NOT_A_FILE, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
+                   Unfinished, UnsafeName, check_name, fresh_by_mtime, lease_body, lease_holder,
+                   lease_name)
 from .layout import Layout
 
 logger = logging.getLogger(__name__)
@@ -68,6 +72,43 @@ def _fsync_dir(path):
         pass  # NOTE: some filesystems refuse fsync on directories; the rename still happened.
     finally:
         os.close(fd)
+
+
+LEASE_DIR = ".leases"  # under BASE_DIR: one file per lease (Store.try_lease)
+
+
+def _listed(entry):
+    """Return the Listed of a directory entry, or None if it went meanwhile."""
+    link = entry.is_symlink()
+    try:
+        info = entry.stat()
+    except FileNotFoundError:
+        if not link:
+            return None  # removed meanwhile
+        info = None  # a dangling link
+    except OSError:
+        info = None  # a loop of links, or no permission
+    if info is None or not stat.S_ISREG(info.st_mode):
+        return Listed(entry.name, 0, 0, None, link, NOT_A_FILE)
+    return Listed(entry.name, info.st_size, info.st_mtime_ns, None, link, None)
+
+
+def _newest_change(path):
+    """Return the epoch seconds of the last change to `path` or, for a directory, in it."""
+    newest = os.lstat(path).st_mtime
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except FileNotFoundError:
+                    pass
+    return newest
+
+
+def _what(name):
+    """Return what unfinished work a temporary file name stands for."""
+    return "upload" if name.startswith(UPLOAD_PREFIX) else "render"
 
 
 class StagedFile:
@@ -138,7 +179,6 @@ class FileStore(Store):
 
     def __init__(self, base_dir, orig_dir="originals", thumb_dir="thumbnails", collection_dirs=None):
         self.base_dir = os.path.abspath(base_dir)
-        self.label = self.base_dir  # what the logs call this store
         self.orig_dir = orig_dir
         self.thumb_dir = thumb_dir
         self.collection_dirs = collection_dirs
@@ -148,28 +188,16 @@ class FileStore(Store):
         """Return the local path of a Layout directory (relative, '/'-separated)."""
         return os.path.join(self.base_dir, *relative.split("/"))
 
-    def originals_dir(self, coll):
-        """Return the local directory of `coll`'s originals; UnknownCollection if unknown."""
-        return self._directory(coll, ORIGINAL)
-
-    def thumbnails_dir(self, coll):
-        """Return the local directory of `coll`'s thumbnails; UnknownCollection if unknown."""
-        return self._directory(coll, THUMBNAIL)
-
-    def original_path(self, coll, name):
-        """Return the local path of an original (it may not exist); UnsafeName, UnknownCollection."""
-        return self._path(coll, name, ORIGINAL)
-
-    def thumbnail_path(self, coll, thumb_name):
-        """Return the local path of a thumbnail (it may not exist)."""
-        return self._path(coll, thumb_name, THUMBNAIL)
-
-    def relative(self, path):
-        """Return `path` relative to BASE_DIR, with '/' separators (for /static URLs)."""
-        return os.path.relpath(path, self.base_dir).replace(os.sep, "/")
+    def _directory(self, coll, kind):
+        """Return the local directory of `coll`'s files of `kind`; UnknownCollection."""
+        return self._local(self.layout.directory(coll, kind))
 
     def _path(self, coll, name, kind):
         return os.path.join(self._directory(coll, kind), check_name(name))
+
+    def _relative(self, path):
+        """Return `path` relative to BASE_DIR, with '/' separators (for /static URLs)."""
+        return os.path.relpath(path, self.base_dir).replace(os.sep, "/")
 
     def prepare(self):
         """Create BASE_DIR if it is missing; OSError if it cannot be."""
@@ -203,8 +231,8 @@ class FileStore(Store):
         rows = [("ok", "BASE_DIR %s is writable" % self.base_dir)]
         for area in self.areas():
             names = " (%s)" % ", ".join(area.colls) if area.colls else ""
-            rows.extend(_directory_row(directory, names)
-                        for directory in (area.originals, area.thumbnails))
+            rows.extend(_directory_row(self._directory(area.coll, kind), names)
+                        for kind in (ORIGINAL, THUMBNAIL))
         return rows
 
     def free_space(self):
@@ -212,14 +240,19 @@ class FileStore(Store):
         usage = shutil.disk_usage(self.base_dir)
         return usage.free, usage.total
 
-    def areas(self, coll=None):
-        """Return the collection directories (Area, local paths), or only `coll`'s.
+    def location(self):
+        """Return BASE_DIR (absolute)."""
+        return self.base_dir
 
-        Collections that share a directory share one Area; UnknownCollection.
-        """
-        return [area._replace(originals=self._local(area.originals),
-                              thumbnails=self._local(area.thumbnails))
-                for area in self.layout.areas(coll)]
+    def absent(self):
+        """Return why BASE_DIR is not there (never created here), or None."""
+        if os.path.isdir(self.base_dir):
+            return None
+        return "BASE_DIR %s does not exist (is the volume mounted?)" % self.base_dir
+
+    def areas(self, coll=None):
+        """Return the collection directories (Area), or only `coll`'s; UnknownCollection."""
+        return self.layout.areas(coll)
 
     def collections(self):
         """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
@@ -252,7 +285,7 @@ class FileStore(Store):
 
     def static_name(self, coll, name, kind=ORIGINAL):
         """Return the file's path relative to BASE_DIR, '/'-separated (for /static URLs)."""
-        return self.relative(self._path(coll, name, kind))
+        return self._relative(self._path(coll, name, kind))
 
     def open_static(self, relpath, options=None):
         """Open the file a /static/<relpath> names (as open()); UnsafeName, MissingFile."""
@@ -265,21 +298,21 @@ class FileStore(Store):
         sends the file before `coll`), stage in BASE_DIR on the same disk.
         """
         if self.collection_dirs is None or known_coll:
-            directory = self.originals_dir(coll)
+            directory = self._directory(coll, ORIGINAL)
         else:
             directory = self.base_dir
         return StagedFile(directory)
 
     def save_original(self, coll, name, staged):
         """Publish a StagedFile as the original `name`, replacing any previous version."""
-        staged.commit(self.original_path(coll, name))
+        staged.commit(self._path(coll, name, ORIGINAL))
 
     def save_thumbnail(self, coll, name, local_file, source=None):
         """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem).
 
         The renderer dated `local_file` no earlier than `source`, which makes it fresh.
         """
-        target = self.thumbnail_path(coll, name)
+        target = self._path(coll, name, THUMBNAIL)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
             os.replace(local_file, target)
@@ -303,7 +336,7 @@ class FileStore(Store):
     def delete_thumbnail(self, coll, name):
         """Delete one thumbnail; MissingFile if there is no such thumbnail."""
         try:
-            os.unlink(self.thumbnail_path(coll, name))
+            os.unlink(self._path(coll, name, THUMBNAIL))
         except (FileNotFoundError, NotADirectoryError):
             raise MissingFile("File does not exist.") from None
 
@@ -313,7 +346,7 @@ class FileStore(Store):
         Returns the names of the removed thumbnails. MissingFile if there is
         no such original.
         """
-        path = self.original_path(coll, name)
+        path = self._path(coll, name, ORIGINAL)
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -322,7 +355,7 @@ class FileStore(Store):
         for thumb_name in self.list(coll, THUMBNAIL):
             if is_own_thumbnail(thumb_name):
                 try:
-                    os.unlink(os.path.join(self.thumbnails_dir(coll), thumb_name))
+                    os.unlink(os.path.join(self._directory(coll, THUMBNAIL), thumb_name))
                     removed.append(thumb_name)
                 except FileNotFoundError:
                     pass  # a concurrent delete got there first
@@ -350,8 +383,116 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def _directory(self, coll, kind):
-        return self._local(self.layout.directory(coll, kind))
+    def scan(self, coll, kind=ORIGINAL):
+        """Return the Listed entries of `coll`'s `kind` (all but temporary files), by name."""
+        try:
+            with os.scandir(self._directory(coll, kind)) as entries:
+                found = [_listed(entry) for entry in entries
+                         if not entry.name.startswith(TEMP_PREFIXES)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(listed for listed in found if listed is not None)
+
+    # -- unfinished work and leases
+
+    def _temporary_dirs(self):
+        """Return every directory that may hold temporary files, each once."""
+        found = [self.base_dir]  # uploads staged before `coll` is known (see stage())
+        for area in self.areas():
+            for kind in (ORIGINAL, THUMBNAIL):
+                directory = self._directory(area.coll, kind)
+                if directory not in found:
+                    found.append(directory)
+        return found
+
+    def unfinished(self):
+        """Return the temporary files and render dirs, and the leases, of the whole store."""
+        found = []
+        for directory, is_lease in ([(d, False) for d in self._temporary_dirs()]
+                                    + [(os.path.join(self.base_dir, LEASE_DIR), True)]):
+            try:
+                with os.scandir(directory) as entries:
+                    paths = sorted(entry.path for entry in entries
+                                   if is_lease or entry.name.startswith(TEMP_PREFIXES))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for path in paths:
+                try:
+                    changed = _newest_change(path)
+                except FileNotFoundError:
+                    continue  # finished meanwhile
+                what = "lease" if is_lease else _what(os.path.basename(path))
+                found.append(Unfinished(self._relative(path), what, changed, path))
+        return found
+
+    def remove_unfinished(self, item):
+        """Remove a temporary file, render dir or lease file; already gone is fine."""
+        try:
+            if stat.S_ISDIR(os.lstat(item.handle).st_mode):
+                shutil.rmtree(item.handle)
+            else:
+                os.unlink(item.handle)
+        except FileNotFoundError:
+            pass
+
+    def try_lease(self, key, ttl):
+        """Take lease `key` as BASE_DIR/.leases/<hash>, created with O_EXCL; None if held."""
+        directory = os.path.join(self.base_dir, LEASE_DIR)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, lease_name(key))
+        lease = Lease(key, secrets.token_hex(16), ttl)
+        for attempt in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if attempt or not self._take_over(path, ttl):
+                    return None
+                continue
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(lease_body(lease))
+            return lease
+        return None
+
+    def _take_over(self, path, ttl):
+        """Move an expired lease file aside; True if the caller may try O_EXCL again."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+                taken = os.fstat(handle.fileno()).st_mtime
+        except FileNotFoundError:
+            return True  # released meanwhile
+        token, held_ttl = lease_holder(data, ttl)
+        if time.time() < taken + held_ttl:
+            return False
+        # NOTE: no compare-and-delete on POSIX: rename the file aside, then check it is the
+        # expired lease we judged; if a fresh one was moved instead, link it back.
+        aside = "%s.stale-%s" % (path, secrets.token_hex(8))
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return True
+        try:
+            with open(aside, "rb") as handle:
+                if handle.read() == data:
+                    return True
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # a third taker got in: its lease stands
+            return False
+        finally:
+            os.unlink(aside)
+
+    def release(self, lease):
+        """Remove the lease file if it still holds `lease`'s token."""
+        path = os.path.join(self.base_dir, LEASE_DIR, lease_name(lease.key))
+        try:
+            with open(path, "rb") as handle:
+                if lease_holder(handle.read(), lease.ttl)[0] != lease.token:
+                    return  # expired and taken over: the new holder's now
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def static_path(self, relpath):
         """Resolve a /static/<relpath> under BASE_DIR; UnsafeName if it could leave it."""

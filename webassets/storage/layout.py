@@ -1,17 +1,6 @@
 """Where a store keeps each collection's originals and thumbnails, relative to its root."""
 
-from typing import NamedTuple
-
-from .base import ORIGINAL, THUMBNAIL, UnknownCollection
-
-
-class Area(NamedTuple):
-    """One collection directory of a store: where its originals and thumbnails are."""
-
-    label: str  # its directory under the store's root; '.' when COLLECTION_DIRS is None
-    colls: tuple  # the collections kept there
-    originals: str
-    thumbnails: str
+from .base import ORIGINAL, THUMBNAIL, UnknownCollection, group_areas
 
 
 class Layout:
@@ -52,21 +41,8 @@ class Layout:
         return root + "/" + leaf if root else leaf
 
     def areas(self, coll=None):
-        """Return the collection directories (Area), or only `coll`'s; UnknownCollection.
+        """Return the collection directories (base.Area), or only `coll`'s; UnknownCollection.
 
         Collections that share a directory share one Area.
         """
-        if self.collection_dirs is None:
-            # COMPAT: without COLLECTION_DIRS every collection is the one store.
-            return [Area(".", (), self.directory(None, ORIGINAL), self.directory(None, THUMBNAIL))]
-        wanted = self.root(coll) if coll is not None else None
-        by_dir = {}
-        for name, directory in self.collection_dirs.items():
-            by_dir.setdefault(directory, []).append(name)
-        found = []
-        for directory, colls in sorted(by_dir.items()):
-            first = sorted(colls)[0]
-            if wanted is None or self.root(first) == wanted:
-                found.append(Area(directory, tuple(sorted(colls)), self.directory(first, ORIGINAL),
-                                  self.directory(first, THUMBNAIL)))
-        return found
+        return group_areas(self.collection_dirs, coll)

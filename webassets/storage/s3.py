@@ -1,19 +1,27 @@
 """The S3 store: originals and thumbnails as objects of a bucket, in the local store's layout."""
 
+import concurrent.futures
 import contextlib
 import email.utils
 import functools
 import io
 import logging
 import os
+import re
+import secrets
+import shutil
 import tempfile
+import threading
+import time
 import uuid
 
 from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, UPLOAD_PREFIX,
-                   BadUpload, FileInfo, MissingFile, Store, StoredFile, StoreFailed,
-                   StoreUnavailable, check_name)
+                   BadUpload, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
+                   StoreFailed, StoreUnavailable, Unfinished, check_name, lease_body,
+                   lease_holder, lease_name)
 from .layout import Layout
-from .s3client import InvalidRange, NoSuchKey, S3Error, S3Unavailable
+from .s3client import (DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, PreconditionFailed, S3Error,
+                       S3Unavailable)
 
 __all__ = ["S3Store", "RangedReader", "SOURCE_ETAG"]
 
@@ -23,6 +31,12 @@ logger = logging.getLogger(__name__)
 SOURCE_ETAG = "source-etag"
 READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
+POOL_THREADS = 8  # requests sent alongside a request's own (each thread keeps its connection)
+LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
+PROBE = b"webassets check"  # what `check` writes, reads back and deletes
+CLOCK_WARN_SECONDS = 30  # `check` warns about a clock this far off the server's
+SUB_PREFIX = "key below a sub-prefix"  # Listed.problem: originals/a/b.jpg is never served
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?\Z')  # a single-part, unencrypted object's ETag
 
 
 def _translated(error):
@@ -54,6 +68,19 @@ def _info(obj):
 def _bare(etag):
     """Return an ETag without its quotes (a metadata value)."""
     return (etag or "").strip('"')
+
+
+def _made_from(thumbnail, source):
+    """Tell whether a thumbnail (ObjectInfo) was made from the original `source` (FileInfo).
+
+    The freshness rule of a bucket: the original's ETag the thumbnail was tagged with.
+    """
+    return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
+
+
+def _answer(obj, status):
+    """Return a bodiless StoredFile (304, 416) of the object `obj`."""
+    return StoredFile(io.BytesIO(b""), _info(obj), status=status)
 
 
 class RangedReader(io.RawIOBase):
@@ -112,15 +139,13 @@ class RangedReader(io.RawIOBase):
         buffer[:len(data)] = data
         return len(data)
 
+    @_s3_errors
     def _fill(self, wanted):
-        """Fetch at least `wanted` bytes from the position into the buffer."""
+        """Fetch at least `wanted` bytes from the position into the buffer; StorageError."""
         sequential = self._pos == self._buffer_at + len(self._buffer) and self._buffer
         self._ahead = min(READ_AHEAD_MAX, self._ahead * 2) if sequential else READ_AHEAD_MIN
         last = min(self.size, self._pos + max(wanted, self._ahead)) - 1
-        try:
-            data = self.client.get_bytes(self.key, self._pos, last)
-        except S3Error as ex:
-            raise _translated(ex) from ex
+        data = self.client.get_bytes(self.key, self._pos, last)
         if not data:
             raise StoreFailed("S3 object %s ended before its size %d" % (self.key, self.size))
         self.fetched += len(data)
@@ -145,19 +170,15 @@ class S3Upload:
         """Return the bytes written so far."""
         return self.writer.size
 
+    @_s3_errors
     def write(self, data):
         """Append `data` (a part is uploaded each time one is full); StorageError."""
-        try:
-            self.writer.write(data)
-        except S3Error as ex:
-            raise _translated(ex) from ex
+        self.writer.write(data)
 
+    @_s3_errors
     def commit(self):
         """Publish the object at `key`; return its ETag. StorageError."""
-        try:
-            etag = self.writer.commit()
-        except S3Error as ex:
-            raise _translated(ex) from ex
+        etag = self.writer.commit()
         self.done = True
         return etag
 
@@ -182,14 +203,18 @@ class S3Store(Store):
     There are no local paths: local_path() is None, so FILE_OFFLOAD sends nothing.
     """
 
+    remote = True
+
     def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
-                 collection_dirs=None, label=None, part_size=None):
+                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE):
         self.client = client
         self.prefix = prefix
         self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
         self.collection_dirs = collection_dirs
-        self.label = label or "s3://%s" % prefix
+        self.label = label or "the bucket's prefix %r" % prefix
         self.part_size = part_size
+        self._executor = None
+        self._pool_lock = threading.Lock()
 
     # -- keys
 
@@ -201,8 +226,6 @@ class S3Store(Store):
         return self._dir_key(coll, kind) + check_name(name)
 
     def _writer(self, key):
-        if self.part_size is None:
-            return self.client.writer(key)
         return self.client.writer(key, part_size=self.part_size)
 
     # -- health
@@ -210,9 +233,12 @@ class S3Store(Store):
     def prepare(self):
         """Nothing to create: the bucket exists (problem() says if it does not)."""
 
+    def _probe_key(self):
+        return "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+
     @_s3_errors
     def _probe(self):
-        key = "%s%sprobe-%s%s" % (self.prefix, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
+        key = self._probe_key()
         self.client.put(key, b"")
         self.client.delete(key)
 
@@ -225,25 +251,66 @@ class S3Store(Store):
         return None
 
     def describe(self):
-        """Return [(status, line)]: the bucket writable, then where each collection's files go."""
-        problem = self.problem()
-        if problem:
-            return [("FAIL", problem)]
-        rows = [("ok", "%s is writable (objects written and deleted)" % self.label)]
+        """Return [(status, line)]: write, read, conditional write and delete of a probe object,
+        the clock offset, then where each collection's files go.
+        """
+        key = self._probe_key()
+        try:
+            self.client.put(key, PROBE)
+        except S3Error as ex:
+            return [("FAIL", "%s: cannot write an object: %s" % (self.location(), _translated(ex)))]
+        rows = [("ok", "%s: an object was written" % self.location())]
+        try:
+            rows.append(self._read_row(key))
+            rows.append(self._conditional_row(key))
+        finally:
+            rows.append(self._delete_row(key))
+        offset = self.client.clock_offset
+        rows.append(("ok" if abs(offset) <= CLOCK_WARN_SECONDS else "warn",
+                     "clock offset to the S3 server: %+.0f s%s" % (offset, (
+                         "" if abs(offset) <= CLOCK_WARN_SECONDS else
+                         ": set this machine's clock (NTP); tokens are judged by it"))))
         for area in self.areas():
             names = " (%s)" % ", ".join(area.colls) if area.colls else ""
-            rows.append(("ok", "%s%s and %s%s" % (area.originals, names, area.thumbnails, names)))
+            rows.append(("ok", "%s%s and %s%s" % (self._dir_key(area.coll, ORIGINAL), names,
+                                                  self._dir_key(area.coll, THUMBNAIL), names)))
         return rows
+
+    def _read_row(self, key):
+        try:
+            same = self.client.get_bytes(key, 0, len(PROBE) - 1) == PROBE
+        except S3Error as ex:
+            return ("FAIL", "cannot read the object back: %s" % _translated(ex))
+        return ("ok", "it was read back") if same else ("FAIL", "it reads back other bytes")
+
+    def _conditional_row(self, key):
+        try:
+            self.client.put(key, b"", if_none_match_star=True)
+        except PreconditionFailed:
+            return ("ok", "conditional writes (If-None-Match: *) work: THUMBNAIL_LEASES may be on")
+        except S3Error as ex:
+            return ("warn", "conditional writes (If-None-Match: *) fail: %s" % _translated(ex))
+        # NOTE: leases are advisory, so this costs duplicate conversions, never wrong files.
+        return ("warn", "the server ignores conditional writes (If-None-Match: *): with "
+                        "THUMBNAIL_LEASES instances may still convert one thumbnail twice")
+
+    def _delete_row(self, key):
+        try:
+            self.client.delete(key)
+            self.client.head(key)
+        except NoSuchKey:
+            return ("ok", "it was deleted")
+        except S3Error as ex:
+            return ("FAIL", "cannot delete the object %s: %s" % (key, _translated(ex)))
+        return ("FAIL", "the object %s is still there after its delete" % key)
 
     def free_space(self):
         """Return None: a bucket has no free space to report."""
         return None
 
     def areas(self, coll=None):
-        """Return the collection directories (Area) as key prefixes; UnknownCollection."""
-        return [area._replace(originals=self.prefix + area.originals + "/",
-                              thumbnails=self.prefix + area.thumbnails + "/")
-                for area in self.layout.areas(coll)]
+        """Return the collection directories (Area); UnknownCollection."""
+        return self.layout.areas(coll)
 
     def collections(self):
         """Return the COLLECTION_DIRS names, or None if `coll` is ignored (no COLLECTION_DIRS)."""
@@ -274,23 +341,31 @@ class S3Store(Store):
             check_name(part, "path component")
         return self._open_key(self.prefix + "/".join(parts), options)
 
-    @_s3_errors
     def _open_key(self, key, options):
+        return self._open_object(key, options)[0]
+
+    @_s3_errors
+    def _open_object(self, key, options):
+        """Return (StoredFile, the client's ObjectInfo or None) of `key` opened for `options`."""
         if options is None:
-            info = _info(self.client.head(key))
-            return StoredFile(RangedReader(self.client, key, info.size), info)
+            obj = self.client.head(key)
+            return StoredFile(RangedReader(self.client, key, obj.size), _info(obj)), obj
         if options.head:
             # HEAD: the HTTP layer answers the conditionals from the HEAD's headers.
-            return StoredFile(io.BytesIO(b""), _info(self.client.head(key)))
+            obj = self.client.head(key)
+            return StoredFile(io.BytesIO(b""), _info(obj)), obj
         return self._get(key, options)
 
     def _get(self, key, options):
-        """Answer a GET's conditionals and Range with one GET of the object (see ReadOptions)."""
+        """Answer a GET's conditionals and Range with one GET of the object (see ReadOptions).
+
+        Return (StoredFile, ObjectInfo or None).
+        """
         tags = options.if_none_match
         if options.range == (None, 0) or tags == ("*",):
             # bytes=-0 is unsatisfiable, and '*' matches any existing object: no GET needed.
-            info = _info(self.client.head(key))
-            return StoredFile(io.BytesIO(b""), info, status=416 if options.range else 304)
+            obj = self.client.head(key)
+            return _answer(obj, 416 if options.range else 304), obj
         since = options.if_modified_since
         kwargs = {"if_none_match": tags[0] if tags is not None and len(tags) == 1 else None,
                   "if_modified_since": None if since is None
@@ -303,9 +378,10 @@ class S3Store(Store):
         try:
             result = self.client.get(key, range=byte_range, **kwargs)
         except InvalidRange as ex:
-            size = getattr(ex, "size", None)
-            info = FileInfo(size, 0) if size is not None else _info(self.client.head(key))
-            return StoredFile(io.BytesIO(b""), info, status=416)
+            if getattr(ex, "size", None) is not None:
+                return StoredFile(io.BytesIO(b""), FileInfo(ex.size, 0), status=416), None
+            obj = self.client.head(key)
+            return _answer(obj, 416), obj
         if (result.status == 206 and options.if_range is not None
                 and options.if_range != result.info.etag):
             # If-Range names another version: the whole current file instead.
@@ -314,20 +390,58 @@ class S3Store(Store):
         if result.status != 304 and tags is not None and result.info.etag in tags:
             # NOTE: several tags are matched here, after one GET; S3 servers take one.
             result.close()
-            return StoredFile(io.BytesIO(b""), _info(result.info), status=304)
+            return _answer(result.info, 304), result.info
         if result.status == 304:
             result.close()
             # SeaweedFS and moto send no Last-Modified with a 304; the local store does.
-            info = result.info if result.info.last_modified is not None else self.client.head(key)
-            return StoredFile(io.BytesIO(b""), _info(info), status=304)
+            obj = result.info if result.info.last_modified is not None else self.client.head(key)
+            return _answer(obj, 304), obj
         return StoredFile(result, _info(result.info), status=result.status,
-                          content_range=result.content_range)
+                          content_range=result.content_range), result.info
+
+    @_s3_errors
+    def open_fresh_thumbnail(self, coll, name, thumb_name, options=None):
+        """Open thumbnail `thumb_name` if it was made from the original `name` as it is now.
+
+        One round trip: the original's HEAD (on a thread of the pool) and the thumbnail's
+        GET go out together. Return None if the thumbnail is absent or stale; MissingFile
+        if the original is.
+        """
+        source = self._pool().submit(self.client.head, self.key(coll, name))
+        try:
+            thumbnail, obj = self._open_object(self.key(coll, thumb_name, THUMBNAIL), options)
+        except MissingFile:
+            thumbnail = obj = None
+        try:
+            original = _info(source.result())
+        except BaseException:
+            if thumbnail is not None:
+                thumbnail.close()
+            raise
+        if thumbnail is None:
+            return None
+        if obj is None or SOURCE_ETAG not in (obj.metadata or {}):
+            # A 304 or 416 may come without the x-amz-meta headers.
+            obj = self.client.head(self.key(coll, thumb_name, THUMBNAIL))
+        if not _made_from(obj, original):
+            thumbnail.close()
+            return None
+        return thumbnail
+
+    def _pool(self):
+        """Return the threads that send a request alongside another (made on first use,
+        so after the built-in server forks its workers)."""
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    POOL_THREADS, thread_name_prefix="s3store")
+            return self._executor
 
     @contextlib.contextmanager
     def local_copy(self, coll, name, kind=ORIGINAL):
         """Yield the path of a temporary file holding the object (streamed); MissingFile."""
         key = self.key(coll, name, kind)
-        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX)
+        fd, path = tempfile.mkstemp(prefix="webassets-s3-copy-")
         try:
             with os.fdopen(fd, "wb") as copy:
                 self._download(key, copy)
@@ -338,11 +452,7 @@ class S3Store(Store):
     @_s3_errors
     def _download(self, key, target):
         with self.client.get(key) as result:
-            while True:
-                data = result.read(COPY_CHUNK)
-                if not data:
-                    break
-                target.write(data)
+            shutil.copyfileobj(result, target, COPY_CHUNK)
 
     def local_path(self, coll, name, kind=ORIGINAL):
         """Return None: objects have no local path (FILE_OFFLOAD has nothing to hand over)."""
@@ -383,23 +493,9 @@ class S3Store(Store):
         if staged.key == key:
             return
         try:
-            self._copy(staged.key, key)
+            self.client.copy(staged.key, key)  # on the server: no byte passes through here
         finally:
             self.client.delete(staged.key)
-
-    def _copy(self, source, target):
-        """Copy an object server-side (CopyObject), else through this process in parts."""
-        copy = getattr(self.client, "copy", None)
-        if copy is not None:
-            copy(source, target)
-            return
-        with self._writer(target) as writer, self.client.get(source) as result:
-            while True:
-                data = result.read(COPY_CHUNK)
-                if not data:
-                    break
-                writer.write(data)
-            writer.commit()
 
     @_s3_errors
     def save_thumbnail(self, coll, name, local_file, source=None):
@@ -415,7 +511,7 @@ class S3Store(Store):
             thumbnail = self.client.head(self.key(coll, name, THUMBNAIL))
         except NoSuchKey:
             return False
-        return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
+        return _made_from(thumbnail, source)
 
     @_s3_errors
     def delete_thumbnail(self, coll, name):
@@ -469,3 +565,120 @@ class S3Store(Store):
         directory = self._dir_key(coll, kind)
         return sorted(name for name in self._names(directory, directory)
                       if name.startswith(TEMP_PREFIXES))
+
+    # -- operating the bucket: admin, migrate, leases
+
+    def location(self):
+        """Return the bucket and prefix, and the endpoint they are on."""
+        endpoint = getattr(getattr(self.client, "config", None), "endpoint", None)
+        return "%s at %s" % (self.label, endpoint) if endpoint else self.label
+
+    def absent(self):
+        """Return why the bucket cannot be listed (missing, refused, unreachable), or None."""
+        try:
+            next(iter(self.client.list(self.prefix, page_size=1)), None)
+        except S3Error as ex:
+            return "%s cannot be listed: %s" % (self.label, _translated(ex))
+        return None
+
+    @_s3_errors
+    def scan(self, coll, kind=ORIGINAL):
+        """Return the Listed objects of `coll`'s `kind` from one listing, sorted by name.
+
+        md5 is the ETag of a single-part object; a key below a further '/' is never served.
+        """
+        directory = self._dir_key(coll, kind)
+        found = []
+        for obj in self.client.list(directory):
+            name = obj.key[len(directory):]
+            if name.startswith(TEMP_PREFIXES):
+                continue
+            match = _MD5_ETAG.match(obj.etag or "")
+            # Whole seconds, as stat() has them from Last-Modified (a listing may have ms).
+            found.append(Listed(name, obj.size or 0, int(obj.last_modified) * 10 ** 9,
+                                match.group(1).lower() if match else None, False,
+                                SUB_PREFIX if "/" in name else None))
+        return sorted(found)
+
+    @_s3_errors
+    def content_md5(self, coll, name, kind=ORIGINAL):
+        """Return the MD5 a single-part object's ETag is, else None; MissingFile."""
+        match = _MD5_ETAG.match(self.client.head(self.key(coll, name, kind)).etag or "")
+        return match.group(1).lower() if match else None
+
+    def request_stats(self):
+        """Return the client's request counters (requests, errors, seconds)."""
+        return self.client.stats.snapshot()
+
+    @_s3_errors
+    def unfinished(self):
+        """Return unfinished multipart uploads, temporary objects and leases under the prefix."""
+        found = [Unfinished("%s (upload %s)" % (key[len(self.prefix):], upload_id[:8]),
+                            "multipart upload", initiated, ("multipart", key, upload_id))
+                 for key, upload_id, initiated in self.client.list_multipart_uploads(self.prefix)]
+        directories = [self.prefix] + [self._dir_key(area.coll, kind) for area in self.areas()
+                                       for kind in (ORIGINAL, THUMBNAIL)]
+        for directory in sorted(set(directories)):
+            for temp_prefix in TEMP_PREFIXES:
+                found.extend(Unfinished(obj.key[len(self.prefix):],
+                                        "upload" if temp_prefix == UPLOAD_PREFIX else "render",
+                                        obj.last_modified, ("object", obj.key))
+                             for obj in self.client.list(directory + temp_prefix))
+        found.extend(Unfinished(obj.key[len(self.prefix):], "lease", obj.last_modified,
+                                ("object", obj.key))
+                     for obj in self.client.list(self.prefix + LEASE_DIR))
+        return found
+
+    @_s3_errors
+    def remove_unfinished(self, item):
+        """Abort a multipart upload or delete a temporary object or lease; gone is fine."""
+        if item.handle[0] == "multipart":
+            self.client.abort_multipart(item.handle[1], item.handle[2])
+        else:
+            self.client.delete(item.handle[1])
+
+    @_s3_errors
+    def try_lease(self, key, ttl):
+        """Take lease `key` as <prefix>.leases/<hash>, written with If-None-Match: *."""
+        lease_key = self.prefix + LEASE_DIR + lease_name(key)
+        lease = Lease(key, secrets.token_hex(16), ttl)
+        for attempt in range(2):
+            try:
+                self.client.put(lease_key, lease_body(lease), content_type="application/json",
+                                if_none_match_star=True)
+                return lease
+            except PreconditionFailed:
+                if attempt or not self._take_over(lease_key, ttl):
+                    return None
+        return None
+
+    def _take_over(self, lease_key, ttl):
+        """Delete an expired lease object; True if the caller may try its PUT again.
+
+        Judged by the server's clock (Last-Modified against local time + clock_offset).
+        NOTE: two takers may delete and write in turn and both hold it: leases are advisory.
+        """
+        try:
+            with self.client.get(lease_key) as result:
+                data, taken = result.read(), result.info.last_modified
+        except NoSuchKey:
+            return True  # released meanwhile
+        held_ttl = lease_holder(data, ttl)[1]
+        # NOTE: Last-Modified and Date (clock_offset) have whole seconds: a lease may end
+        # up to a second early, never late.
+        if time.time() + self.client.clock_offset + 1 < taken + held_ttl:
+            return False
+        self.client.delete(lease_key)
+        return True
+
+    @_s3_errors
+    def release(self, lease):
+        """Delete the lease object if it still holds `lease`'s token."""
+        lease_key = self.prefix + LEASE_DIR + lease_name(lease.key)
+        try:
+            with self.client.get(lease_key) as result:
+                data = result.read()
+        except NoSuchKey:
+            return
+        if lease_holder(data, lease.ttl)[0] == lease.token:
+            self.client.delete(lease_key)

@@ -1,0 +1,277 @@
+"""`webassets migrate`: copy every original and thumbnail of one store into another, verified."""
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from typing import NamedTuple, Optional
+
+from . import storage
+from .admin import Owners, Report, human_size, is_served, run_bounded, shown_name, unsafe_reason
+from .exitcodes import EXIT_ATTENTION, EXIT_OK
+from .progress import Progress
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["migrate", "check_pair", "MigrateError", "DEFAULT_JOBS"]
+
+DEFAULT_JOBS = 4  # copies at once: a remote store answers each request with some latency
+MAX_LISTED_COPIES = 100  # --dry-run lists this many files it would copy, then counts
+
+
+class MigrateError(Exception):
+    """The two stores cannot be migrated between (the same store, other collections)."""
+
+
+class _Item(NamedTuple):
+    """One source file to bring over, with what the target's listing says of it."""
+
+    coll: Optional[str]
+    kind: str
+    source: storage.Listed
+    target: Optional[storage.Listed]  # None: not in the target
+    owner: Optional[str]  # a thumbnail's original (None: an orphan, or an original)
+
+
+class _Digests:
+    """MD5 and SHA-256 of a stream of bytes, as they pass."""
+
+    def __init__(self):
+        self.md5 = hashlib.md5()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data):
+        """Add `data` to both digests."""
+        self.md5.update(data)
+        self.sha256.update(data)
+        self.size += len(data)
+
+
+def _read_digests(store, coll, name, kind):
+    """Read a stored file through; return its _Digests. MissingFile, OSError, StorageError."""
+    digests = _Digests()
+    with store.open(coll, name, kind) as handle:
+        for data in iter(lambda: handle.read(storage.COPY_CHUNK), b""):
+            digests.update(data)
+    return digests
+
+
+def check_pair(source, target):
+    """Raise MigrateError unless `target` can take `source`'s files collection by collection.
+
+    Not one store twice, and the same collections grouped the same way (the directory
+    names may differ).
+    """
+    if source.location() == target.location():
+        raise MigrateError("the source and the target are the same store: %s"
+                           % source.location())
+    grouping = [area.colls for area in source.areas()]
+    if grouping != [area.colls for area in target.areas()]:
+        raise MigrateError("the two stores must have the same COLLECTION_DIRS collections, "
+                           "grouped the same way (source: %s; target: %s)"
+                           % (_grouping(source), _grouping(target)))
+
+
+def _grouping(store):
+    return "; ".join("%s: %s" % (area.label, ", ".join(area.colls) or "every collection")
+                     for area in store.areas())
+
+
+class _Migration:
+    """One run: the plan from both listings, then each file compared, copied and verified."""
+
+    def __init__(self, source, target, dry_run, size_only, report):
+        self.source = source
+        self.target = target
+        self.dry_run = dry_run
+        self.size_only = size_only
+        self.report = report
+        self.tally = {"copied": 0, "same": 0, "newer": 0, "failed": 0}
+        self.bytes_copied = 0
+        self.only_in_target = 0
+        self.skipped = 0
+        self._lock = threading.Lock()
+
+    # -- the plan
+
+    def plan(self):
+        """Return the _Items to bring over: every original first, then every thumbnail.
+
+        Originals go first so a copied thumbnail is never older than its copied original
+        (the target would render it again).
+        """
+        colls = [area.coll for area in self.source.areas()]
+        originals = [item for coll in colls for item in self._plan_area(coll, storage.ORIGINAL)]
+        owners = {coll: Owners(item.source.name for item in originals if item.coll == coll)
+                  for coll in colls}
+        return originals + [item._replace(owner=owners[coll].of(item.source.name))
+                            for coll in colls
+                            for item in self._plan_area(coll, storage.THUMBNAIL)]
+
+    def _plan_area(self, coll, kind):
+        there = {listed.name: listed for listed in self.target.scan(coll, kind)}
+        items = []
+        for listed in self.source.scan(coll, kind):
+            present = there.pop(listed.name, None)
+            if not is_served(listed):
+                # Never served, so never migrated: fsck reports these.
+                self.skipped += 1
+                self.report.add("skipped", "not served", shown_name(self.source, coll,
+                                                                    listed.name, kind),
+                                listed.problem or unsafe_reason(listed.name))
+                continue
+            items.append(_Item(coll, kind, listed, present, None))
+        self.only_in_target += len(there)
+        return items
+
+    # -- one file
+
+    def run_one(self, item):
+        """Compare, copy and verify one file; record the outcome (never raises for I/O)."""
+        shown = shown_name(self.source, item.coll, item.source.name, item.kind)
+        try:
+            outcome = self._one(item, shown)
+        except (OSError, storage.StorageError) as ex:
+            if isinstance(ex, storage.MissingFile):
+                return  # deleted at the source meanwhile: nothing to bring over
+            outcome = "failed"
+            self.report.add("FAILED", item.kind, shown, getattr(ex, "strerror", None) or str(ex))
+        with self._lock:
+            self.tally[outcome] += 1
+            if outcome == "copied":
+                self.bytes_copied += item.source.size
+
+    def _one(self, item, shown):
+        if item.target is not None:
+            if self._equal(item):
+                return "same"
+            if item.target.mtime_ns > item.source.mtime_ns:
+                # Written at the target after the source's version (an upload after the
+                # cut-over): the newer file wins, never the migration.
+                self.report.add("kept", "newer in target", shown, "differs; not replaced")
+                return "newer"
+        if self.dry_run:
+            if self.report.count("would copy") < MAX_LISTED_COPIES:
+                self.report.add("would copy", item.kind, shown, human_size(item.source.size))
+            else:
+                self.report.tally("would copy")
+            return "copied"
+        written = self._copy(item)
+        self._verify(item, written, shown)
+        return "copied"
+
+    def _equal(self, item):
+        """Tell whether the target's file has the source's bytes (size, then a digest)."""
+        source, target = item.source, item.target
+        if source.size != target.size:
+            return False
+        if self.size_only:
+            return True
+        if source.md5 and target.md5:
+            return source.md5 == target.md5
+        if target.md5 or source.md5:
+            # One side knows its MD5 unread (a bucket's ETag): read only the other side.
+            store, known = (self.source, target.md5) if target.md5 else (self.target, source.md5)
+            return _read_digests(store, item.coll, source.name, item.kind).md5.hexdigest() == known
+        return (_read_digests(self.source, item.coll, source.name, item.kind).sha256.digest()
+                == _read_digests(self.target, item.coll, source.name, item.kind).sha256.digest())
+
+    def _copy(self, item):
+        """Copy one file into the target atomically; return the _Digests of what was sent."""
+        digests = _Digests()
+        with self.source.open(item.coll, item.source.name, item.kind) as handle:
+            if item.kind == storage.ORIGINAL:
+                staged = self.target.stage(item.coll, known_coll=True)
+                try:
+                    _pump(handle, staged, digests)
+                    self.target.save_original(item.coll, item.source.name, staged)
+                finally:
+                    staged.discard()
+                return digests
+            # A thumbnail is published from a local file (Store.save_thumbnail); this one is
+            # dated now, after its original's copy, and made from the target's original:
+            # the target finds it fresh.
+            fd, local = tempfile.mkstemp(prefix="webassets-migrate-")
+            try:
+                with os.fdopen(fd, "wb") as copy:
+                    _pump(handle, copy, digests)
+                self.target.save_thumbnail(item.coll, item.source.name, local,
+                                           self._original_info(item))
+            finally:
+                if os.path.exists(local):
+                    os.unlink(local)
+        return digests
+
+    def _original_info(self, item):
+        """Return the FileInfo of a thumbnail's original in the target, or None."""
+        if item.owner is None:
+            return None
+        try:
+            return self.target.stat(item.coll, item.owner)
+        except storage.MissingFile:
+            return None
+
+    def _verify(self, item, written, shown):
+        """Raise StorageError unless the target now holds exactly the bytes sent."""
+        name = item.source.name
+        md5 = self.target.content_md5(item.coll, name, item.kind)
+        if md5 is not None:
+            same = md5 == written.md5.hexdigest()
+        else:
+            same = (_read_digests(self.target, item.coll, name, item.kind).sha256.digest()
+                    == written.sha256.digest())
+        if not same:
+            raise storage.StorageError("verification failed: the target's copy differs")
+
+
+def _pump(source, sink, digests):
+    """Copy `source` into `sink` (anything with write) in COPY_CHUNK pieces, digesting."""
+    for data in iter(lambda: source.read(storage.COPY_CHUNK), b""):
+        digests.update(data)
+        sink.write(data)
+
+
+def migrate(source, target, dry_run=False, jobs=DEFAULT_JOBS, size_only=False, out=None,
+            quiet=False):
+    """Copy every original, then every thumbnail, of `source` that `target` lacks or differs.
+
+    Resumable and repeatable: a file the target holds with the same size and content (MD5
+    where a store knows it, e.g. a bucket's single-part ETag, else SHA-256 of both) is
+    skipped; a differing one that is newer in the target is kept. Every copy is published
+    atomically and verified. Nothing is ever deleted from the target. Returns EXIT_ATTENTION
+    if a copy failed or, with dry_run, if anything would be copied. MigrateError if the two
+    cannot be paired (check_pair).
+    """
+    check_pair(source, target)
+    report = Report(out)
+    run = _Migration(source, target, dry_run, size_only, report)
+    items = run.plan()
+    report.write("migrate: %s -> %s: %d files (%s)%s\n" % (
+        source.location(), target.location(), len(items),
+        human_size(sum(item.source.size for item in items)), ", dry run" if dry_run else ""))
+    with Progress("migrate", len(items), enabled=not quiet) as bar:
+        def one(item):
+            run.run_one(item)
+            bar.update()
+
+        try:
+            # Every original is in place before the first thumbnail is copied: a thumbnail
+            # is tagged with (or dated after) its original in the target.
+            for kind in (storage.ORIGINAL, storage.THUMBNAIL):
+                run_bounded(one, [item for item in items if item.kind == kind], max(1, jobs),
+                            "migrate")
+        finally:
+            bar.close()
+            report.write(_summary(run))
+    failed = run.tally["failed"]
+    return EXIT_ATTENTION if failed or (dry_run and run.tally["copied"]) else EXIT_OK
+
+
+def _summary(run):
+    tally = run.tally
+    return ("%s %d (%s), already there %d, newer in target %d, failed %d; not served %d; "
+            "only in target %d\n" % ("would copy" if run.dry_run else "copied", tally["copied"],
+                                     human_size(run.bytes_copied), tally["same"], tally["newer"],
+                                     tally["failed"], run.skipped, run.only_in_target))
