@@ -610,6 +610,7 @@ def test_a_connection_the_server_closed_is_reopened_without_a_retry(fake):
     client.head("a")
     assert client.put("a", b"1") == '"e"'
     assert pauses == [] and len(server.requests) == 2
+    assert client.stats.snapshot()["errors"] == {}  # an idle connection closing is no error
 
 
 def test_threads_share_a_client(s3_server, bucket):
