@@ -587,6 +587,8 @@ def test_keeps_connections_alive(fake):
     assert len(set(server.ports[:4])) == 1 and server.ports[4] != server.ports[3]
 
 
+# The fake's threads run in this process; the child touches only the client.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_opens_its_own_connections(fake):
     server = fake()
     client = server.client([])
