@@ -288,16 +288,23 @@ def _moto_user(endpoint, process):
     return keys
 
 
-def _started(start):
-    """Start a server for the tests: skip if it is not installed (fail under CI)."""
-    try:
-        return start()
-    except Unavailable as ex:
-        if os.environ.get("CI"):
-            pytest.fail(str(ex))
-        pytest.skip(str(ex))
-    except StartFailed as ex:
-        pytest.fail(str(ex))
+def _started(start, attempts=2):
+    """Start a server for the tests: skip if it is not installed (fail under CI).
+
+    A failed start is tried once more: a port found free may be taken before the
+    server binds it.
+    """
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Unavailable as ex:
+            if os.environ.get("CI"):
+                pytest.fail(str(ex))
+            pytest.skip(str(ex))
+        except StartFailed as ex:
+            logger.warning("%s", ex)
+            if attempt + 1 == attempts:
+                pytest.fail(str(ex))
 
 
 if pytest is not None:
