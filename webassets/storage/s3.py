@@ -429,8 +429,10 @@ class S3Store(Store):
         return thumbnail
 
     def _pool(self):
-        """Return the threads that send a request alongside another (made on first use,
-        so after the built-in server forks its workers)."""
+        """Return the threads that send a request alongside another one.
+
+        Made on first use, so after the built-in server has forked its workers.
+        """
         with self._pool_lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
