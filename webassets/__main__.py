@@ -198,7 +198,7 @@ def cmd_migrate(args):
         if not args.dry_run:
             prepare_store(target)
         return migrate.migrate(source, target, dry_run=args.dry_run, jobs=args.jobs,
-                               size_only=args.size_only, quiet=args.quiet)
+                               size_only=args.size_only, verify=args.verify, quiet=args.quiet)
     except migrate.MigrateError as ex:
         raise config.ConfigError(str(ex)) from None
 
@@ -318,6 +318,10 @@ def _migrate_parser(sub):
     migrate.add_argument("--jobs", type=_positive, default=4, help="files at once (default: 4)")
     migrate.add_argument("--size-only", action="store_true",
                          help="treat files of equal size as equal (a quick catch-up; no reads)")
+    migrate.add_argument("--verify", choices=("read", "size"), default="read",
+                         help="check each copy by the target's MD5 where it has one, else by "
+                              "reading it back (read, the default) or by its size (size: a "
+                              "bucket checks every part's SHA-256 as it arrives)")
     migrate.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     migrate.add_argument("-v", "--verbose", action="store_true", help="log INFO messages too")
 
