@@ -233,7 +233,21 @@ class _Migration:
             same = (_read_digests(self.target, item.coll, name, item.kind).sha256.digest()
                     == written.sha256.digest())
         if not same:
+            # The bad copy is this run's own, and newer than the source's file: left there,
+            # the next run would keep it as "newer in the target".
+            self._remove_copy(item)
             raise storage.StorageError("verification failed: the target's copy differs")
+
+    def _remove_copy(self, item):
+        """Delete a copy this run made (an original without its thumbnails); best effort."""
+        name = item.source.name
+        try:
+            if item.kind == storage.ORIGINAL:
+                self.target.delete_original(item.coll, name, lambda thumb_name: False)
+            else:
+                self.target.delete_thumbnail(item.coll, name)
+        except (OSError, storage.StorageError) as ex:
+            logger.warning("Cannot remove the bad copy of %s: %s", name, ex)
 
 
 def _pump(source, sink, digests):
