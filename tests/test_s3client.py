@@ -619,3 +619,8 @@ def test_a_private_ca_file(fake, tmp_path):
     with pytest.raises(S3Error) as caught:  # the system's CAs do not know it: no retries
         server.client(pauses).head("k")
     assert (caught.value.code, pauses) == ("TLSError", [])
+    with open(str(tmp_path / "junk.pem"), "w") as junk:
+        junk.write("not a certificate")
+    for bad in (str(tmp_path / "absent.pem"), junk.name):
+        with pytest.raises(s3client.S3ConfigError, match="CA file"):
+            server.client([], ca_file=bad)

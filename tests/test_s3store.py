@@ -136,16 +136,20 @@ def test_thumbnail_follows_its_original(app, images):
     put_ok(app, U7, images["jpeg"])
     first = thumb(app, U7, 64)
     assert first.status == 200
+    query = {"coll": COLL, "type": "T", "filename": U7, "scale": "64"}
     thumb_name = thumbnail_name(U7, 64)
     etag = app.store.stat(COLL, U7).etag
     meta = app.store.client.head(app.store.key(COLL, thumb_name, storage.THUMBNAIL)).metadata
     assert meta[SOURCE_ETAG] == etag.strip('"')
     before = requests(app)
-    assert thumb(app, U7, 64).body == first.body  # cached: HEADs and one GET, no upload
-    assert delta(app, before) == {"head": 2, "get": 1}
-    # A re-upload within the same second (S3 dates have whole seconds) still renews it.
+    assert thumb(app, U7, 64).body == first.body  # cached: the original's HEAD alongside
+    assert delta(app, before) == {"head": 1, "get": 1}  # the thumbnail's GET, no upload
+    held = {"If-None-Match": first.header("ETag")}  # a browser's cached copy
+    assert req(app, "GET", "/fileget", query, headers=held).status == 304
+    # A re-upload within the same second (S3 dates have whole seconds) still renews it,
+    # also for a client that holds the old one.
     put_ok(app, U7, images["small"])
-    again = thumb(app, U7, 64)
+    again = req(app, "GET", "/fileget", query, headers=held)
     assert again.status == 200 and again.body != first.body
 
 

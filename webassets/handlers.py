@@ -35,14 +35,18 @@ def testkey(app, request):
     return Response(OK)
 
 
+def _scale(app, scale_value):
+    """Return the size a `scale` query value asks for (the ladder's); BadScale."""
+    settings = app.settings
+    return thumbnails.parse_scale(scale_value, settings.MAX_SCALE, settings.THUMBNAIL_SIZES)
+
+
 def _thumbnail(app, coll, name, scale_value):
     """Make (or find) the thumbnail of an original; return (thumbnail name, content type).
 
     Raises BadScale, MissingFile, NotThumbnailable, ThumbnailError, Busy.
     """
-    settings = app.settings
-    scale = thumbnails.parse_scale(scale_value, settings.MAX_SCALE, settings.THUMBNAIL_SIZES)
-    return app.thumbnailer.thumbnail_of(app.store, coll, name, scale)
+    return app.thumbnailer.thumbnail_of(app.store, coll, name, _scale(app, scale_value))
 
 
 def fileget(app, request):
@@ -56,9 +60,9 @@ def fileget(app, request):
     # COMPAT: any type other than T means the original; a missing type too (the reference 500s).
     options = read_options(request)
     if query.get("type") == "T":
-        thumb_name, content_type = _thumbnail(app, coll, name, query.get("scale"))
-        return file_response(request, app.store.open(coll, thumb_name, storage.THUMBNAIL, options),
-                             content_type, offload=app.offload)
+        handle, content_type = app.thumbnailer.open_thumbnail(
+            app.store, coll, name, _scale(app, query.get("scale")), options)
+        return file_response(request, handle, content_type, offload=app.offload)
     handle = app.store.open(coll, name, options=options)
     disposition = content_disposition(query.get("downloadname"))
     headers = [("Content-Disposition", disposition)] if disposition else []

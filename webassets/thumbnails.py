@@ -411,6 +411,22 @@ class Thumbnailer:
 
     # -- public API
 
+    def open_thumbnail(self, store, coll: Optional[str], name: str, scale: int, options=None):
+        """Return (StoredFile, content type) of the thumbnail of original `name` at `scale`.
+
+        A fresh cached thumbnail is opened with the freshness check itself
+        (store.open_fresh_thumbnail: one round trip to a remote store); else thumbnail_of()
+        makes it and it is opened with the storage.ReadOptions `options`. Raise what
+        thumbnail_of() raises.
+        """
+        thumb_name = thumbnail_name(name, scale)
+        cached = store.open_fresh_thumbnail(coll, name, thumb_name, options)
+        if cached is not None:
+            self.observer.observe_thumbnail(True)
+            return cached, CONTENT_TYPES[output_format(thumb_name)]
+        thumb_name, content_type = self.thumbnail_of(store, coll, name, scale)
+        return store.open(coll, thumb_name, THUMBNAIL, options), content_type
+
     def thumbnail_of(self, store, coll: Optional[str], name: str, scale: int) -> Tuple[str, str]:
         """Ensure `store` holds the thumbnail of original `name` at `scale`.
 

@@ -393,6 +393,20 @@ class Store:
         """
         raise NotImplementedError
 
+    def open_fresh_thumbnail(self, coll, name, thumb_name, options=None):
+        """Open thumbnail `thumb_name` (as open()) if it is fresh for the original `name` now.
+
+        Return None if it is absent or stale; MissingFile if the original is. A remote store
+        overrides it to ask for both at once.
+        """
+        source = self.stat(coll, name)
+        if not self.thumbnail_is_fresh(coll, thumb_name, source):
+            return None
+        try:
+            return self.open(coll, thumb_name, THUMBNAIL, options)
+        except MissingFile:
+            return None  # deleted since: make it again
+
     def thumbnail_is_fresh(self, coll, name, source):
         """Tell whether thumbnail `name` exists and was made from the original `source`.
 

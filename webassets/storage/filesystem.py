@@ -179,7 +179,6 @@ class FileStore(Store):
 
     def __init__(self, base_dir, orig_dir="originals", thumb_dir="thumbnails", collection_dirs=None):
         self.base_dir = os.path.abspath(base_dir)
-        self.label = self.base_dir  # what the logs call this store
         self.orig_dir = orig_dir
         self.thumb_dir = thumb_dir
         self.collection_dirs = collection_dirs

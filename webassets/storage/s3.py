@@ -1,5 +1,6 @@
 """The S3 store: originals and thumbnails as objects of a bucket, in the local store's layout."""
 
+import concurrent.futures
 import contextlib
 import email.utils
 import functools
@@ -10,6 +11,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 
@@ -18,7 +20,8 @@ from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, 
                    StoreFailed, StoreUnavailable, Unfinished, check_name, lease_body,
                    lease_holder, lease_name)
 from .layout import Layout
-from .s3client import InvalidRange, NoSuchKey, PreconditionFailed, S3Error, S3Unavailable
+from .s3client import (DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, PreconditionFailed, S3Error,
+                       S3Unavailable)
 
 __all__ = ["S3Store", "RangedReader", "SOURCE_ETAG"]
 
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 SOURCE_ETAG = "source-etag"
 READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
+POOL_THREADS = 8  # requests sent alongside a request's own (each thread keeps its connection)
 LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
 PROBE = b"webassets check"  # what `check` writes, reads back and deletes
 CLOCK_WARN_SECONDS = 30  # `check` warns about a clock this far off the server's
@@ -64,6 +68,19 @@ def _info(obj):
 def _bare(etag):
     """Return an ETag without its quotes (a metadata value)."""
     return (etag or "").strip('"')
+
+
+def _made_from(thumbnail, source):
+    """Tell whether a thumbnail (ObjectInfo) was made from the original `source` (FileInfo).
+
+    The freshness rule of a bucket: the original's ETag the thumbnail was tagged with.
+    """
+    return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
+
+
+def _answer(obj, status):
+    """Return a bodiless StoredFile (304, 416) of the object `obj`."""
+    return StoredFile(io.BytesIO(b""), _info(obj), status=status)
 
 
 class RangedReader(io.RawIOBase):
@@ -189,13 +206,15 @@ class S3Store(Store):
     remote = True
 
     def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
-                 collection_dirs=None, label=None, part_size=None):
+                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE):
         self.client = client
         self.prefix = prefix
         self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
         self.collection_dirs = collection_dirs
-        self.label = label or "s3://%s" % prefix
+        self.label = label or "the bucket's prefix %r" % prefix
         self.part_size = part_size
+        self._executor = None
+        self._pool_lock = threading.Lock()
 
     # -- keys
 
@@ -207,8 +226,6 @@ class S3Store(Store):
         return self._dir_key(coll, kind) + check_name(name)
 
     def _writer(self, key):
-        if self.part_size is None:
-            return self.client.writer(key)
         return self.client.writer(key, part_size=self.part_size)
 
     # -- health
@@ -324,23 +341,31 @@ class S3Store(Store):
             check_name(part, "path component")
         return self._open_key(self.prefix + "/".join(parts), options)
 
-    @_s3_errors
     def _open_key(self, key, options):
+        return self._open_object(key, options)[0]
+
+    @_s3_errors
+    def _open_object(self, key, options):
+        """Return (StoredFile, the client's ObjectInfo or None) of `key` opened for `options`."""
         if options is None:
-            info = _info(self.client.head(key))
-            return StoredFile(RangedReader(self.client, key, info.size), info)
+            obj = self.client.head(key)
+            return StoredFile(RangedReader(self.client, key, obj.size), _info(obj)), obj
         if options.head:
             # HEAD: the HTTP layer answers the conditionals from the HEAD's headers.
-            return StoredFile(io.BytesIO(b""), _info(self.client.head(key)))
+            obj = self.client.head(key)
+            return StoredFile(io.BytesIO(b""), _info(obj)), obj
         return self._get(key, options)
 
     def _get(self, key, options):
-        """Answer a GET's conditionals and Range with one GET of the object (see ReadOptions)."""
+        """Answer a GET's conditionals and Range with one GET of the object (see ReadOptions).
+
+        Return (StoredFile, ObjectInfo or None).
+        """
         tags = options.if_none_match
         if options.range == (None, 0) or tags == ("*",):
             # bytes=-0 is unsatisfiable, and '*' matches any existing object: no GET needed.
-            info = _info(self.client.head(key))
-            return StoredFile(io.BytesIO(b""), info, status=416 if options.range else 304)
+            obj = self.client.head(key)
+            return _answer(obj, 416 if options.range else 304), obj
         since = options.if_modified_since
         kwargs = {"if_none_match": tags[0] if tags is not None and len(tags) == 1 else None,
                   "if_modified_since": None if since is None
@@ -353,9 +378,10 @@ class S3Store(Store):
         try:
             result = self.client.get(key, range=byte_range, **kwargs)
         except InvalidRange as ex:
-            size = getattr(ex, "size", None)
-            info = FileInfo(size, 0) if size is not None else _info(self.client.head(key))
-            return StoredFile(io.BytesIO(b""), info, status=416)
+            if getattr(ex, "size", None) is not None:
+                return StoredFile(io.BytesIO(b""), FileInfo(ex.size, 0), status=416), None
+            obj = self.client.head(key)
+            return _answer(obj, 416), obj
         if (result.status == 206 and options.if_range is not None
                 and options.if_range != result.info.etag):
             # If-Range names another version: the whole current file instead.
@@ -364,20 +390,60 @@ class S3Store(Store):
         if result.status != 304 and tags is not None and result.info.etag in tags:
             # NOTE: several tags are matched here, after one GET; S3 servers take one.
             result.close()
-            return StoredFile(io.BytesIO(b""), _info(result.info), status=304)
+            return _answer(result.info, 304), result.info
         if result.status == 304:
             result.close()
             # SeaweedFS and moto send no Last-Modified with a 304; the local store does.
-            info = result.info if result.info.last_modified is not None else self.client.head(key)
-            return StoredFile(io.BytesIO(b""), _info(info), status=304)
+            obj = result.info if result.info.last_modified is not None else self.client.head(key)
+            return _answer(obj, 304), obj
         return StoredFile(result, _info(result.info), status=result.status,
-                          content_range=result.content_range)
+                          content_range=result.content_range), result.info
+
+    @_s3_errors
+    def open_fresh_thumbnail(self, coll, name, thumb_name, options=None):
+        """Open thumbnail `thumb_name` if it was made from the original `name` as it is now.
+
+        One round trip: the original's HEAD (on a thread of the pool) and the thumbnail's
+        GET go out together. Return None if the thumbnail is absent or stale; MissingFile
+        if the original is.
+        """
+        source = self._pool().submit(self.client.head, self.key(coll, name))
+        try:
+            thumbnail, obj = self._open_object(self.key(coll, thumb_name, THUMBNAIL), options)
+        except MissingFile:
+            thumbnail = obj = None
+        try:
+            original = _info(source.result())
+        except BaseException:
+            if thumbnail is not None:
+                thumbnail.close()
+            raise
+        if thumbnail is None:
+            return None
+        if obj is None or SOURCE_ETAG not in (obj.metadata or {}):
+            # A 304 or 416 may come without the x-amz-meta headers.
+            obj = self.client.head(self.key(coll, thumb_name, THUMBNAIL))
+        if not _made_from(obj, original):
+            thumbnail.close()
+            return None
+        return thumbnail
+
+    def _pool(self):
+        """Return the threads that send a request alongside another one.
+
+        Made on first use, so after the built-in server has forked its workers.
+        """
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    POOL_THREADS, thread_name_prefix="s3store")
+            return self._executor
 
     @contextlib.contextmanager
     def local_copy(self, coll, name, kind=ORIGINAL):
         """Yield the path of a temporary file holding the object (streamed); MissingFile."""
         key = self.key(coll, name, kind)
-        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=TEMP_SUFFIX)
+        fd, path = tempfile.mkstemp(prefix="webassets-s3-copy-")
         try:
             with os.fdopen(fd, "wb") as copy:
                 self._download(key, copy)
@@ -447,7 +513,7 @@ class S3Store(Store):
             thumbnail = self.client.head(self.key(coll, name, THUMBNAIL))
         except NoSuchKey:
             return False
-        return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
+        return _made_from(thumbnail, source)
 
     @_s3_errors
     def delete_thumbnail(self, coll, name):

@@ -235,7 +235,8 @@ class GetResult:
             return
         reply, self._reply = self._reply, None
         response = reply.response
-        if not response.isclosed() and (response.length or 0) <= DRAIN_LIMIT:
+        if not response.isclosed() and response.length is not None \
+                and response.length <= DRAIN_LIMIT:  # (a chunked rest is never drained)
             try:
                 response.read()
             except (OSError, http.client.HTTPException):
@@ -254,10 +255,10 @@ class GetResult:
 class S3Client:
     """Talk to one bucket: objects, listings and multipart uploads. Thread-safe.
 
-    Each thread keeps its own keep-alive connections (a forked child opens its own). Connection errors, 5xx,
-    RequestTimeout and SlowDown are retried `config.retries` times with backoff
-    (then S3Unavailable); 403, 404, 412 and 416 never are. RequestTimeTooSkewed
-    corrects clock_offset (server Date - local clock) and retries once.
+    Each thread keeps its own keep-alive connections (a forked child opens its own).
+    Connection errors, 5xx, RequestTimeout and SlowDown are retried `config.retries`
+    times with backoff (then S3Unavailable); 403, 404, 412 and 416 never are.
+    RequestTimeTooSkewed corrects clock_offset (server Date - local clock) and retries once.
     """
 
     def __init__(self, config, clock=time.time, sleep=time.sleep):
@@ -273,7 +274,11 @@ class S3Client:
         self._pid = os.getpid()
         self._ssl = None
         if config.scheme == "https":
-            self._ssl = ssl.create_default_context(cafile=config.ca_file)
+            try:
+                self._ssl = ssl.create_default_context(cafile=config.ca_file)
+            except (OSError, ssl.SSLError) as ex:
+                raise S3ConfigError("S3 CA file %s cannot be used: %s"
+                                    % (config.ca_file, ex)) from None
 
     # --- objects
 
@@ -630,7 +635,10 @@ class MultipartWriter:
         self.peak_buffered = 0
         self.upload_id = None
         self._headers = object_headers(content_type, metadata)
+        # One part's buffer, grown to part_size once and then refilled in place (no
+        # reallocation per part, which fragments the heap); _filled bytes are data.
         self._buffer = bytearray()
+        self._filled = 0
         self._parts = []
         self._state = "open"
 
@@ -640,14 +648,19 @@ class MultipartWriter:
             raise ValueError("write to a %s S3 upload" % self._state)
         view = memoryview(data).cast("B")
         while view:
-            if len(self._buffer) >= self.part_size:
+            if self._filled >= self.part_size:
                 self._send_part()
-            take = self.part_size - len(self._buffer)
-            self._buffer += view[:take]
-            self.size += len(view[:take])
-            view = view[take:]
-            self.peak_buffered = max(self.peak_buffered, len(self._buffer))
+            piece = view[:self.part_size - self._filled]
+            self._buffer[self._filled:self._filled + len(piece)] = piece
+            self._filled += len(piece)
+            self.size += len(piece)
+            view = view[len(piece):]
+            self.peak_buffered = max(self.peak_buffered, self._filled)
         return len(data)
+
+    def _buffered(self):
+        """Return a view of the buffered bytes (release it before the next write)."""
+        return memoryview(self._buffer)[:self._filled]
 
     def _next_part(self):
         """Start the multipart upload if need be; return [(partNumber, n), (uploadId, id)]."""
@@ -664,16 +677,17 @@ class MultipartWriter:
 
     def _send_part(self):
         params = self._next_part()
-        reply = self.client._request("upload_part", "PUT", self.key, params,
-                                     body=_Body(self._buffer))
+        with self._buffered() as part:
+            reply = self.client._request("upload_part", "PUT", self.key, params,
+                                         body=_Body(part))
         self._parts.append((len(self._parts) + 1, reply.headers.get("ETag", "")))
-        self.uploaded += len(self._buffer)
-        del self._buffer[:]
+        self.uploaded += self._filled
+        self._filled = 0
 
     def copy_part(self, source, start, end):
         """Add bytes start..end (inclusive) of object `source` as the next part, copied
         by the server (UploadPartCopy); only before anything is written."""
-        if self._state != "open" or self._buffer:
+        if self._state != "open" or self._filled:
             raise ValueError("copy_part into a %s S3 upload" % (
                 "written" if self._state == "open" else self._state))
         params = self._next_part()
@@ -694,19 +708,20 @@ class MultipartWriter:
             if self.upload_id is None:
                 etag = self._put_whole()
             else:
-                if self._buffer:
+                if self._filled:
                     self._send_part()
                 etag = self._complete()
         except BaseException:
             self.abort()
             raise
         self._state = "committed"
-        self._buffer = bytearray()
+        self._buffer, self._filled = bytearray(), 0
         return etag
 
     def _put_whole(self):
-        reply = self.client._request("put", "PUT", self.key, headers=dict(self._headers),
-                                     body=_Body(self._buffer))
+        with self._buffered() as whole:
+            reply = self.client._request("put", "PUT", self.key, headers=dict(self._headers),
+                                         body=_Body(whole))
         return reply.headers.get("ETag", "")
 
     def _complete(self):
@@ -728,7 +743,7 @@ class MultipartWriter:
         if self._state != "open":
             return
         self._state = "aborted"
-        self._buffer = bytearray()
+        self._buffer, self._filled = bytearray(), 0
         if self.upload_id is not None:
             try:
                 self.client.abort_multipart(self.key, self.upload_id)
