@@ -37,6 +37,8 @@ TOOLS_VENV_BIN = os.path.join(REPO, ".venv", "s3servers", "bin")
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+MOTO_ACCOUNT = "123456789012"  # moto's default account
+MOTO_ROLE = "webassets-temporary"
 GRPC_OFFSET = 10000  # SeaweedFS's workers dial the admin's gRPC port at its HTTP port + this
 _bucket_numbers = itertools.count(1)
 
@@ -114,6 +116,14 @@ class S3Server:
         name = "%s-%d-%s" % (prefix, next(_bucket_numbers), uuid.uuid4().hex[:8])
         self.client(name).create_bucket()
         return name
+
+    def assume_role(self):
+        """Return temporary (access key, secret key, session token) from STS (moto only)."""
+        answer = _moto_call(self.endpoint, "sts", "AssumeRole",
+                            (self.access_key, self.secret_key), RoleSessionName="tests",
+                            RoleArn="arn:aws:iam::%s:role/%s" % (MOTO_ACCOUNT, MOTO_ROLE))
+        return tuple(_xml_text(answer, tag)
+                     for tag in ("AccessKeyId", "SecretAccessKey", "SessionToken"))
 
     def log_tail(self, lines=30):
         """Return the end of the server's log (for failure messages)."""
@@ -205,16 +215,17 @@ def start_seaweedfs():
     return server
 
 
-def _moto_iam(endpoint, action, **params):
-    """Call moto's IAM API (before auth is on, so the dummy signature is not checked)."""
-    body = urllib.parse.urlencode(dict(params, Action=action, Version="2010-05-08")).encode()
+def _moto_call(endpoint, service, action, keys=("AKIDSETUP", "setup"), **params):
+    """Call moto's IAM or STS query API signed with `keys` (unchecked before auth is on)."""
+    version = {"iam": "2010-05-08", "sts": "2011-06-15"}[service]
+    body = urllib.parse.urlencode(dict(params, Action=action, Version=version)).encode()
     host = urllib.parse.urlsplit(endpoint).netloc
     date = sigv4.amz_date(time.time())
     payload_hash = hashlib.sha256(body).hexdigest()
     headers = {"host": host, "x-amz-date": date, "x-amz-content-sha256": payload_hash,
                "content-type": "application/x-www-form-urlencoded"}
     headers["authorization"] = sigv4.authorization("POST", "/", [], headers, payload_hash,
-                                                   "AKIDSETUP", "setup", REGION, date, "iam")
+                                                   keys[0], keys[1], REGION, date, service)
     request = urllib.request.Request(endpoint + "/", data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read().decode("utf-8")
@@ -251,18 +262,25 @@ def _moto_user(endpoint, process):
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            _moto_iam(endpoint, "CreateUser", UserName="webassets")
+            _moto_call(endpoint, "iam", "CreateUser", UserName="webassets")
             break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    answer = _moto_iam(endpoint, "CreateAccessKey", UserName="webassets")
+    answer = _moto_call(endpoint, "iam", "CreateAccessKey", UserName="webassets")
     keys = _xml_text(answer, "AccessKeyId"), _xml_text(answer, "SecretAccessKey")
     policy = {"Version": "2012-10-17",
               "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-    _moto_iam(endpoint, "PutUserPolicy", UserName="webassets", PolicyName="all",
-              PolicyDocument=json.dumps(policy))
+    _moto_call(endpoint, "iam", "PutUserPolicy", UserName="webassets", PolicyName="all",
+               PolicyDocument=json.dumps(policy))
+    # A role the user may assume, for temporary credentials with a session token.
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+    _moto_call(endpoint, "iam", "CreateRole", RoleName=MOTO_ROLE,
+               AssumeRolePolicyDocument=json.dumps(trust))
+    _moto_call(endpoint, "iam", "PutRolePolicy", RoleName=MOTO_ROLE, PolicyName="all",
+               PolicyDocument=json.dumps(policy))
     # From now on every request must be signed with a key of an IAM user.
     reset = urllib.request.Request(endpoint + "/moto-api/reset-auth", data=b"0",
                                    headers={"Content-Type": "text/plain"})

@@ -283,6 +283,19 @@ def test_clock_skew_is_corrected(s3_server, bucket):
     assert late.stats.snapshot()["errors"] in ({}, {"RequestTimeTooSkewed": 1})
 
 
+def test_session_token_on_moto(moto):
+    bucket = moto.new_bucket()
+    access_key, secret_key, token = moto.assume_role()
+    temporary = moto.client(bucket, access_key=access_key, secret_key=secret_key,
+                            session_token=token)
+    temporary.put("k", b"with a session token")
+    assert temporary.get_bytes("k", 0, 99) == b"with a session token"
+    for wrong in ("not-the-token", None):
+        with pytest.raises(AccessDenied):
+            moto.client(bucket, access_key=access_key, secret_key=secret_key,
+                        session_token=wrong).put("k", b"refused")
+
+
 # --------------------------------------------------------------------------- pure parts
 
 def test_sigv4_matches_aws_documented_examples():
@@ -459,6 +472,17 @@ def test_retries_5xx_and_resends_a_file_body(fake):
     assert server.client(pauses).put("k", source) == '"e"'
     assert [request[3] for request in server.requests] == [b"the body"] * 3
     assert len(pauses) == 2 and 0 < pauses[0] <= pauses[1] * 2
+
+
+@pytest.mark.parametrize("answer", [
+    error(500, "InternalError"), (502, {}, b""), error(503, "SlowDown"), (504, {}, b"<html/>"),
+    error(400, "RequestTimeout"), error(503, "ServiceUnavailable"),
+])
+def test_retries_each_transient_answer(fake, answer):
+    server = fake(answer, (200, {}, b"body"))
+    pauses = []
+    assert server.client(pauses).get_bytes("k", 0, 9) == b"body"
+    assert len(server.requests) == 2 and len(pauses) == 1
 
 
 def test_gives_up_after_the_retries(fake):
