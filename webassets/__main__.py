@@ -286,12 +286,13 @@ def build_parser():
                  [walks])
     prune.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     fsck = _add(sub, "fsck", cmd_fsck, "find and repair store problems", [walks], description=(
-        "Remove temporary files of interrupted uploads and renders (older than --grace), "
+        "Remove unfinished work older than --grace (temporary files of interrupted uploads "
+        "and renders, a bucket's unfinished multipart uploads, stale thumbnail leases), "
         "orphan and zero-byte thumbnails; report zero-byte or unreadable originals and names "
         "the server can never serve (those are never changed)."))
     fsck.add_argument("--dry-run", action="store_true", help="report, change nothing")
     fsck.add_argument("--grace", type=_seconds, default=3600, metavar="SECONDS",
-                      help="leave temporary files younger than this alone (default: 3600)")
+                      help="leave unfinished work younger than this alone (default: 3600)")
     stats = _add(sub, "stats", cmd_stats, "originals and thumbnails per collection directory",
                  [walks])
     stats.add_argument("--top", type=_positive, default=10, help="largest files shown (10)")
