@@ -290,3 +290,10 @@ def test_admin_commands_on_a_bucket_from_its_settings_file(request, tmp_path, ca
     missing.write_text(settings.read_text() + "S3_BUCKET = 'no-such-bucket-here'\n")
     assert main(["fsck", "--settings", str(missing), "-q"]) == 2
     assert "cannot be listed" in capsys.readouterr().err
+    local = tmp_path / "local.py"
+    local.write_text("BASE_DIR = %r\nCOLLECTION_DIRS = %r\n" % (str(tmp_path / "disk"),
+                                                                 COLLECTION_DIRS))
+    (tmp_path / "disk").mkdir()
+    # (A write, by the migration itself, may create the bucket: SeaweedFS makes one on PUT.)
+    assert main(["migrate", "--from", str(local), "--to", str(missing), "-q", "--dry-run"]) == 2
+    assert "no-such-bucket-here" in capsys.readouterr().err

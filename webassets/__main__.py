@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from . import __version__, config, logutil
+from . import __version__, config, logutil, storage
 from .exitcodes import EXIT_ATTENTION, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 from .exitcodes import HELP as EXIT_HELP
 
@@ -146,7 +146,7 @@ def cmd_check(args):
 
 def cmd_pregen(args):
     """Make missing thumbnails ahead of time."""
-    from . import admin, storage
+    from . import admin
 
     # pregen is a process of its own: by default its conversions may use every CPU.
     overrides = {"PROCESSES": 1}
@@ -197,6 +197,12 @@ def cmd_migrate(args):
         migrate.check_pair(source, target)  # before the target is created
         if not args.dry_run:
             prepare_store(target)
+            problem = target.problem()  # even a remote one: every copy would fail
+            if problem:
+                raise config.ConfigError("The target %s cannot take files: %s"
+                                         % (target.location(), problem))
+        elif target.remote and target.absent():
+            raise config.ConfigError(target.absent())  # a missing local target is empty
         return migrate.migrate(source, target, dry_run=args.dry_run, jobs=args.jobs,
                                size_only=args.size_only, verify=args.verify, quiet=args.quiet)
     except migrate.MigrateError as ex:
@@ -342,6 +348,10 @@ def main(argv=None):
     except config.ConfigError as ex:
         logger.error("%s", ex)
         return EXIT_CONFIG
+    except storage.StorageError as ex:
+        # A store that fails in the middle of a walk (a bucket gone unreachable): one line.
+        logger.error("The store failed: %s", ex)
+        return EXIT_ATTENTION
     except KeyboardInterrupt:
         logger.warning("Interrupted")
         return EXIT_INTERRUPTED
