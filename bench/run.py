@@ -20,6 +20,7 @@ import data  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
 import s3cases  # noqa: E402
+import s3migrate  # noqa: E402
 import slow  # noqa: E402
 import soak  # noqa: E402
 
@@ -34,7 +35,8 @@ QUICK = {"big_mib": 64, "get_seconds": 1, "get_rounds": 1, "big_reps": 3, "uploa
          "meta_seconds": 1, "slow_seconds": 8, "slow_floor_seconds": 4,
          "soak_seconds": 60}
 
-CASES = cases.CASES + s3cases.CASES + (("slow_clients", slow.slow_clients), ("soak", soak.soak))
+CASES = (cases.CASES + s3cases.CASES + s3migrate.CASES
+         + (("slow_clients", slow.slow_clients), ("soak", soak.soak)))
 
 NOTES = [
     "This machine has {cpus} CPUs and the load generator (wrk, or the Python client) runs on "
@@ -173,7 +175,7 @@ def run(args):
     finally:
         ctx.procs.stop_all()
         shutil.rmtree(ctx.store, ignore_errors=True)
-        for store in ("store-stampede", "store-slow", "store-soak", "store-s3"):
+        for store in ("store-stampede", "store-slow", "store-soak", "store-s3", "store-migrate"):
             shutil.rmtree(os.path.join(run_dir, store), ignore_errors=True)
     meta = machine_meta(args, params)
     meta["seconds"] = round(time.monotonic() - started, 1)

@@ -179,7 +179,7 @@ def test_static_serves_under_the_same_policy(app):
         assert_policy(result, FAMILIES[name][1])
 
 
-class PNGThumbnailer:
+class PNGThumbnailer(thumbnails.Thumbnailer):
     """A thumbnail engine that writes the PNG sample: type=T is always an image we made."""
 
     def thumbnail_of(self, store, coll, name, scale):

@@ -264,3 +264,36 @@ def test_the_migrate_command_moves_a_disk_into_a_bucket(request, tmp_path, capsy
         overrides, COLLECTION_DIRS=COLLECTION_DIRS)))
     assert bucket.list("Fish Tissue") == ["cod.png"]
     assert bucket.open("Birds", "owl.png").read() == b"owl"
+
+
+@pytest.mark.parametrize("kind", ["seaweedfs", "moto"])
+def test_admin_commands_on_a_bucket_from_its_settings_file(request, tmp_path, capsys, kind):
+    overrides = dict(S3Backend.on(kind, request.getfixturevalue(kind)).overrides(),
+                     COLLECTION_DIRS=COLLECTION_DIRS, CAN_THUMBNAIL=[])
+    settings = tmp_path / "s3.py"
+    settings.write_text("".join("%s = %r\n" % item for item in sorted(overrides.items())))
+    store = factory.open_store(make_settings(tmp_path, **overrides))
+    save(store, "Birds", "owl.png", b"owl")
+    argv = ["--settings", str(settings), "-q"]
+    assert main(["stats", "--json"] + argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["store"] == store.location() and report["directories"][0]["originals"] == 1
+    assert main(["fsck"] + argv) == 0
+    assert capsys.readouterr().out.endswith("0 repaired, 0 to repair, 0 problems\n")
+    main(["check", "--settings", str(settings)])  # converters and keys are not ours here
+    screen = capsys.readouterr().out
+    store_section = screen.split("\nStore\n")[1].split("\n\n")[0]
+    assert "[FAIL]" not in store_section and "[warn]" not in store_section, screen
+    assert "[ ok ] conditional writes (If-None-Match: *) work" in screen
+    assert re.search(r"\[ ok \] clock offset to the S3 server: [+-]\d+ s", screen)
+    missing = tmp_path / "missing.py"
+    missing.write_text(settings.read_text() + "S3_BUCKET = 'no-such-bucket-here'\n")
+    assert main(["fsck", "--settings", str(missing), "-q"]) == 2
+    assert "cannot be listed" in capsys.readouterr().err
+    local = tmp_path / "local.py"
+    local.write_text("BASE_DIR = %r\nCOLLECTION_DIRS = %r\n" % (str(tmp_path / "disk"),
+                                                                 COLLECTION_DIRS))
+    (tmp_path / "disk").mkdir()
+    # (A write, by the migration itself, may create the bucket: SeaweedFS makes one on PUT.)
+    assert main(["migrate", "--from", str(local), "--to", str(missing), "-q", "--dry-run"]) == 2
+    assert "no-such-bucket-here" in capsys.readouterr().err

@@ -231,3 +231,27 @@ def test_metrics_show_a_remote_stores_requests(tmp_path):
     merged = metrics.merge_snapshots([snapshot, snapshot, dict(snapshot, store=None)], 0)
     assert merged["store"]["requests"] == {"GetObject": 6, "PutObject": 2}
     assert merged["store"]["seconds"]["GetObject"] == 1.0
+
+
+def test_filestore_takeover_never_removes_a_fresh_lease(tmp_path, monkeypatch):
+    store = FileStore(str(tmp_path))
+    store.prepare()
+    stale = store.try_lease("key", 0)
+    path = str(tmp_path / ".leases" / storage.lease_name("key"))
+    rename = os.rename
+
+    def racing_rename(source, target):
+        # Another instance took the expired lease over between our look and our rename.
+        os.unlink(source)
+        with open(source, "wb") as handle:
+            handle.write(storage.lease_body(Lease("key", "theirs", 60)))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", racing_rename)
+    assert store.try_lease("key", 60) is None  # theirs is moved back, not removed
+    monkeypatch.setattr(os, "rename", rename)
+    with open(path, "rb") as handle:
+        assert storage.lease_holder(handle.read(), 60) == ("theirs", 60)
+    assert os.listdir(str(tmp_path / ".leases")) == [storage.lease_name("key")]
+    store.release(stale)  # not ours any more: left alone
+    assert os.path.exists(path)

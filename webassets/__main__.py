@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from . import __version__, config, logutil
+from . import __version__, config, logutil, storage
 from .exitcodes import EXIT_ATTENTION, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 from .exitcodes import HELP as EXIT_HELP
 
@@ -146,7 +146,7 @@ def cmd_check(args):
 
 def cmd_pregen(args):
     """Make missing thumbnails ahead of time."""
-    from . import admin, storage
+    from . import admin
 
     # pregen is a process of its own: by default its conversions may use every CPU.
     overrides = {"PROCESSES": 1}
@@ -197,8 +197,14 @@ def cmd_migrate(args):
         migrate.check_pair(source, target)  # before the target is created
         if not args.dry_run:
             prepare_store(target)
+            problem = target.problem()  # even a remote one: every copy would fail
+            if problem:
+                raise config.ConfigError("The target %s cannot take files: %s"
+                                         % (target.location(), problem))
+        elif target.remote and target.absent():
+            raise config.ConfigError(target.absent())  # a missing local target is empty
         return migrate.migrate(source, target, dry_run=args.dry_run, jobs=args.jobs,
-                               size_only=args.size_only, quiet=args.quiet)
+                               size_only=args.size_only, verify=args.verify, quiet=args.quiet)
     except migrate.MigrateError as ex:
         raise config.ConfigError(str(ex)) from None
 
@@ -286,12 +292,13 @@ def build_parser():
                  [walks])
     prune.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     fsck = _add(sub, "fsck", cmd_fsck, "find and repair store problems", [walks], description=(
-        "Remove temporary files of interrupted uploads and renders (older than --grace), "
+        "Remove unfinished work older than --grace (temporary files of interrupted uploads "
+        "and renders, a bucket's unfinished multipart uploads, stale thumbnail leases), "
         "orphan and zero-byte thumbnails; report zero-byte or unreadable originals and names "
         "the server can never serve (those are never changed)."))
     fsck.add_argument("--dry-run", action="store_true", help="report, change nothing")
     fsck.add_argument("--grace", type=_seconds, default=3600, metavar="SECONDS",
-                      help="leave temporary files younger than this alone (default: 3600)")
+                      help="leave unfinished work younger than this alone (default: 3600)")
     stats = _add(sub, "stats", cmd_stats, "originals and thumbnails per collection directory",
                  [walks])
     stats.add_argument("--top", type=_positive, default=10, help="largest files shown (10)")
@@ -318,6 +325,10 @@ def _migrate_parser(sub):
     migrate.add_argument("--jobs", type=_positive, default=4, help="files at once (default: 4)")
     migrate.add_argument("--size-only", action="store_true",
                          help="treat files of equal size as equal (a quick catch-up; no reads)")
+    migrate.add_argument("--verify", choices=("read", "size"), default="read",
+                         help="check each copy by the target's MD5 where it has one, else by "
+                              "reading it back (read, the default) or by its size (size: a "
+                              "bucket checks every part's SHA-256 as it arrives)")
     migrate.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     migrate.add_argument("-v", "--verbose", action="store_true", help="log INFO messages too")
 
@@ -337,6 +348,10 @@ def main(argv=None):
     except config.ConfigError as ex:
         logger.error("%s", ex)
         return EXIT_CONFIG
+    except storage.StorageError as ex:
+        # A store that fails in the middle of a walk (a bucket gone unreachable): one line.
+        logger.error("The store failed: %s", ex)
+        return EXIT_ATTENTION
     except KeyboardInterrupt:
         logger.warning("Interrupted")
         return EXIT_INTERRUPTED
