@@ -136,13 +136,24 @@ def seaweedfs(ctx, what):
         server.stop()
 
 
-def start_s3_webassets(ctx, server, bucket, name="webassets-s3"):
+def start_s3_webassets(ctx, server, bucket, name="webassets-s3", extra=""):
     """Start a webassets instance over `bucket`, or return None (noted) if it has no S3."""
     if not any(setting.name == "STORAGE" for setting in config.SCHEMA):
         ctx.skip("webassets over S3", "this webassets has no STORAGE = 's3'")
         return None
     return start_webassets(ctx.procs, name, ctx.run_dir, os.path.join(ctx.run_dir, "store-s3"),
-                           ctx.python, s3_settings(server, bucket))
+                           ctx.python, s3_settings(server, bucket) + extra)
+
+
+def start_spooling_webassets(ctx, server, bucket):
+    """Start one over `bucket` with S3_SPOOL_DIR on the run's disk, or return None (noted)."""
+    if not any(setting.name == "S3_SPOOL_DIR" for setting in config.SCHEMA):
+        ctx.skip("Specify 7 uploads spooled to disk", "this webassets has no S3_SPOOL_DIR")
+        return None
+    spool = os.path.join(ctx.run_dir, "s3-spool")
+    os.makedirs(spool, exist_ok=True)
+    return start_s3_webassets(ctx, server, bucket, "webassets-s3-spool",
+                              "S3_SPOOL_DIR = %r\n" % spool)
 
 
 def s3_transfer(ctx):
@@ -158,6 +169,12 @@ def s3_transfer(ctx):
         "'s3client alone' is webassets' own client used directly, in the benchmark process.")
 
 
+# (name, row label, instance: 0 = webassets on S3, 1 = with S3_SPOOL_DIR, frame)
+UPLOADS = (("web7", "Specify 7 order", 0, client.multipart_frame),
+           ("web6", "Specify 6 order", 0, specify6_frame),
+           ("web7_spool", "Specify 7 order, S3_SPOOL_DIR", 1, client.multipart_frame))
+
+
 def _s3_transfer(ctx, python, server):
     bucket = server.new_bucket("bench")
     s3 = S3Client(server.config(bucket, retries=4, timeout=120.0))
@@ -166,26 +183,21 @@ def _s3_transfer(ctx, python, server):
     label = "%d MiB" % (size // MIB)
     sink = os.path.join(ctx.run_dir, "s3-download.bin")
     web = start_s3_webassets(ctx, server, bucket)
-    times = {name: [] for name in ("web7", "web6", "boto_up", "ours_up", "local_up", "web_get",
-                                   "boto_download", "boto_get", "ours_get")}
+    instances = (web, web and start_spooling_webassets(ctx, server, bucket))
+    uploads = [upload for upload in UPLOADS if instances[upload[2]] is not None]
+    times = {name: [] for name in ("boto_up", "ours_up", "web_get", "boto_download",
+                                   "boto_get", "ours_get")}
+    times.update((upload[0], []) for upload in uploads)
     growth = []
     store = "s3_big.bin"
     for rep in range(ctx.params["upload_reps"]):
         logger.info("S3 %s uploads, round %d", label, rep + 1)
-        if web is not None:
-            for name, frame in (("web7", client.multipart_frame), ("web6", specify6_frame)):
-                preamble, epilogue = frame(store, _fields(store))
-                before = web.rss_kib()
-                web.reset_peak()
-                status, body, seconds = client.post_file(HOST, web.port, "/fileupload",
-                                                         preamble, source, size, epilogue)
-                if status != 200 or body != b"Ok.":
-                    raise RuntimeError("S3 upload failed: %d %r" % (status, body[:200]))
-                growth.append((web.peak_kib() - before) / 1024.0)
-                times[name].append(seconds)
+        for name, _, instance, frame in uploads:
+            seconds, grown = _web_upload(instances[instance], frame, store, source, size)
+            times[name].append(seconds)
+            growth.append(grown)
         times["boto_up"].append(boto(python, server, "upload", bucket, "boto.bin", source))
         times["ours_up"].append(direct_upload(s3, "ours.bin", source))
-        times["local_up"].append(_local_upload(ctx, store, source, size))
     web_key = find_key(s3, store) if web is not None else None
     for rep in range(ctx.params["big_reps"]):
         logger.info("S3 %s GETs, round %d", label, rep + 1)
@@ -207,11 +219,10 @@ def _s3_transfer(ctx, python, server):
     ctx.raw["s3_transfer"] = {"size": size, "mb_s": rates, "rss_growth_mib": growth,
                               "server": "SeaweedFS weed mini", "stats": s3.stats.snapshot()}
     med = {name: client.median(values) if values else None for name, values in rates.items()}
+    for name, order, _, _ in uploads:
+        ctx.row("S3 %s upload (%s)" % (label, order), "MB/s", med[name], "MB/s",
+                "boto3 upload_file", med["boto_up"], ">= 0.7x", med[name] >= 0.7 * med["boto_up"])
     if web is not None:
-        for name, order in (("web7", "Specify 7 order"), ("web6", "Specify 6 order")):
-            ctx.row("S3 %s upload (%s)" % (label, order), "MB/s", med[name], "MB/s",
-                    "boto3 upload_file", med["boto_up"], ">= 0.7x",
-                    med[name] >= 0.7 * med["boto_up"])
         ctx.row("S3 %s upload" % label, "server RSS growth", max(growth), "MiB",
                 target="<= 64 MiB", met=max(growth) <= 64)
         ctx.row("S3 %s GET" % label, "MB/s", med["web_get"], "MB/s", "boto3 download_fileobj",
@@ -222,22 +233,18 @@ def _s3_transfer(ctx, python, server):
             "boto3 upload_file", med["boto_up"])
     ctx.row("S3 %s GET, s3client alone" % label, "MB/s", med["ours_get"], "MB/s",
             "boto3 get_object", med["boto_get"])
-    # What Specify 7's order would reach if the file were spooled to local disk, then
-    # uploaded to its final key: the local store's upload, then s3client's upload.
-    spooled = size / (client.median(times["local_up"]) + client.median(times["ours_up"])) / MB
-    ctx.row("S3 %s upload, spool-then-upload estimate" % label, "MB/s", spooled, "MB/s",
-            "boto3 upload_file", med["boto_up"])
 
 
-def _local_upload(ctx, store, source, size):
-    """Upload the file to the local-store webassets (Specify 7's order); return seconds."""
-    preamble, epilogue = client.multipart_frame(store, _fields(store))
-    status, body, seconds = client.post_file(HOST, ctx.web().port, "/fileupload", preamble,
-                                             source, size, epilogue)
+def _web_upload(web, frame, store, source, size):
+    """Upload the file through a webassets instance; return (seconds, its RSS growth MiB)."""
+    preamble, epilogue = frame(store, _fields(store))
+    before = web.rss_kib()
+    web.reset_peak()
+    status, body, seconds = client.post_file(HOST, web.port, "/fileupload", preamble, source,
+                                             size, epilogue)
     if status != 200 or body != b"Ok.":
-        raise RuntimeError("local upload failed: %d %r" % (status, body[:200]))
-    os.unlink(os.path.join(ctx.originals, store))
-    return seconds
+        raise RuntimeError("S3 upload failed: %d %r" % (status, body[:200]))
+    return seconds, (web.peak_kib() - before) / 1024.0
 
 
 def _sha256(chunks):
