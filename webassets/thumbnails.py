@@ -59,9 +59,9 @@ CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",
 
 PDF_MAX_DPI = 300.0  # bounds the render when the page size guess is far too small
 # PDF pages render at up to PDF_SUPERSAMPLE x the thumbnail's resolution and Ghostscript
-# box-averages that down (-dDownScaleFactor): every mark, scanned images included, is
-# antialiased by its true coverage, and it costs less than -dGraphicsAlphaBits on pages of
-# thousands of paths. The render's long side stays within PDF_RENDER_SIDE.
+# box-averages that down (-dDownScaleFactor): every mark is antialiased by its coverage, and
+# it costs less than -dGraphicsAlphaBits on pages of thousands of paths (half, on a map).
+# The render's long side stays within PDF_RENDER_SIDE.
 PDF_SUPERSAMPLE = 4
 PDF_RENDER_SIDE = 2400
 # Raster sources more than PRESHRINK_ABOVE x the scale are first box-averaged to PRESHRINK x
@@ -194,8 +194,10 @@ def ghostscript_args(gs: str, source: str, target: str, dpi: float, downscale: i
     The page renders at `dpi` x `downscale` and Ghostscript averages each downscale x
     downscale block into one pixel; without supersampling its alpha bits antialias instead.
     """
+    # -dDOINTERPOLATE: images (a scanned page is one big image) are filtered down, not
+    # point-sampled, which would alias whatever the supersampling.
     argv = [gs, "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dQUIET", "-dFirstPage=1", "-dLastPage=1",
-            "-sDEVICE=png16m", "-r%g" % round(dpi * downscale, 3)]
+            "-sDEVICE=png16m", "-r%g" % round(dpi * downscale, 3), "-dDOINTERPOLATE"]
     if downscale > 1:
         argv.append("-dDownScaleFactor=%d" % downscale)
     else:
