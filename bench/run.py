@@ -25,7 +25,7 @@ import soak  # noqa: E402
 logger = logging.getLogger("bench")
 
 FULL = {"big_mib": 512, "get_seconds": 4, "get_rounds": 3, "big_reps": 5, "upload_reps": 4,
-        "cold_reps": 7, "unhinted_reps": 3, "pregen_rounds": 3, "cached_reqs": 200,
+        "cold_reps": 9, "unhinted_reps": 3, "pregen_rounds": 3, "cached_reqs": 200,
         "mixed_seconds": 60,
         "meta_seconds": 8, "slow_seconds": 30, "slow_floor_seconds": 10,
         "soak_seconds": 600}
@@ -54,13 +54,16 @@ NOTES = [
     "'no hint' drops it). PDFs: stock ImageMagick refuses them (policy), so the floor is gs "
     "with webassets' own options (webassets.thumbnails.ghostscript_args), and the ratio is "
     "the server's whole overhead. Cold = the cached thumbnail deleted, then one request; "
-    "medians of {cold_reps}, server and floor runs interleaved. Before/after images: "
+    "{cold_reps} pairs of a request and a floor run back to back (the order alternating); "
+    "the values are medians, the ratio is the median of the pairs' ratios (robust to "
+    "background load, which hits both sides of a pair alike). Before/after images: "
     "OUT/thumbs/NAME.png (left: the reference's output; PDFs: the reference's pipeline "
     "(gs at 72 dpi, then -resize), webassets before issue 13, webassets now).",
     "pregen: `webassets thumbnails pregen --sizes 200 --jobs N` over 200 mixed images "
     "(JPEG, PNG, TIFF, GIF, WebP, BMP, PDF; about 1600x1200), against the same 200 reference "
     "commands (as above) run by `xargs -P N`; N = CPUs; {pregen_rounds} alternating "
-    "round(s), medians. images/s is what pregen prints; the wall time includes its start-up.",
+    "round(s); ratios are medians of the rounds' ratios. images/s is what pregen prints; "
+    "the wall time includes its start-up.",
     "Cached thumbnails are compared with the same bytes served as an original (type=O).",
     "The 32 concurrent first requests go to a second webassets instance whose CONVERT is a "
     "wrapper logging each call; 'conversions run' counts the logged calls naming the image.",

@@ -272,7 +272,7 @@ def convert_args(convert: str, source: str, in_fmt: str, target: str, out_fmt: s
     elif out_fmt == "gif":
         # The GIF writer's own quantizer dithers (Riemersma): most of a GIF thumbnail's
         # time, and speckle on a 200 px image. An adaptive palette without dither instead.
-        argv += ["+dither", "-treedepth", "7", "-colors", "256"]
+        argv += ["+dither", "-treedepth", "6", "-colors", "256"]
     argv += ["-depth", "8", "-strip", "%s:%s" % (out_fmt, target)]
     return argv
 
