@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -318,7 +319,7 @@ def thumbs(ctx):
         reference = os.path.join(shots, "%s-reference%s" % (slug, ext))
         argv = reference_argv(converter, gs, ctx.data[data_name], fmt, reference)
         conn = client.Conn(HOST, web.port)
-        cold, floor, previous = [], [], []
+        cold, floor, previous, cold_cpu, floor_cpu = [], [], [], [], []
         before = os.path.join(shots, "%s-previous.png" % slug)
         previous_argv = _previous_pdf_argv(gs, ctx.data[data_name], before) if fmt == "pdf" \
             else None
@@ -333,20 +334,28 @@ def thumbs(ctx):
             # Pairs back to back, the order alternating: both sides of a pair see the same
             # background load, and neither always goes first.
             if rep % 2:
-                floor.append(_run_floor(argv))
+                floor.append(_run_floor(argv, floor_cpu))
+            cpu_before = web.cpu_seconds(reaped=True)
             cold.append(_timed_get(conn, fileget(name, "T", SCALE), magic)[0])
+            cold_cpu.append((web.cpu_seconds(reaped=True) - cpu_before) * 1000.0)
             if not rep % 2:
-                floor.append(_run_floor(argv))
+                floor.append(_run_floor(argv, floor_cpu))
             if previous_argv:
                 previous.append(_run_floor(previous_argv))
         ratio = client.median([ours / base for ours, base in zip(cold, floor)])
         entry = raw[label] = {"cold_ms": cold, "floor_ms": floor, "pair_ratio": ratio,
+                              "cold_cpu_ms": cold_cpu, "floor_cpu_ms": floor_cpu,
                               "floor_argv": subprocess.list2cmdline(argv)}
         ctx.thumb_floor_ms[fmt] = client.median(floor)
         case = "Cold thumbnail %s" % label
         cold_ms = client.median(cold)
         ctx.row(case, "latency", cold_ms, "ms", floor_label, client.median(floor),
                 "<= %gx" % target, ratio <= target, ratio=ratio)
+        # CPU time (server and its converters vs the floor command) hardly depends on what
+        # else the machine runs: the steadier figure when the wall times are noisy.
+        ctx.row(case, "CPU time", client.median(cold_cpu), "ms", floor_label,
+                client.median(floor_cpu), ratio=client.median(
+                    [ours / max(base, 1.0) for ours, base in zip(cold_cpu, floor_cpu)]))
         if fmt == "jpeg":
             plain = reference_argv(converter, gs, ctx.data[data_name], fmt, reference,
                                    hinted=False)
@@ -370,13 +379,21 @@ def thumbs(ctx):
         conn.close()
 
 
-def _run_floor(argv):
-    began = time.perf_counter()
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_floor(argv, cpu=None):
+    """Run a floor command; return its wall ms, and append its CPU ms to the list `cpu`."""
+    began, cpu_before = time.perf_counter(), _children_cpu()
     result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - began
     if result.returncode != 0:
         raise RuntimeError("floor command failed: %s\n%s" % (
             subprocess.list2cmdline(argv), result.stderr.decode("utf-8", "replace")[-1000:]))
+    if cpu is not None:
+        cpu.append((_children_cpu() - cpu_before) * 1000.0)
     return elapsed * 1000.0
 
 
