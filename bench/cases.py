@@ -308,7 +308,8 @@ def thumbs(ctx):
     out_dir = os.path.join(ctx.run_dir, "floor")
     os.makedirs(out_dir, exist_ok=True)
     shots = os.path.join(os.path.dirname(ctx.run_dir), "thumbs")
-    os.makedirs(shots, exist_ok=True)
+    shutil.rmtree(shots, ignore_errors=True)  # only this run's images
+    os.makedirs(shots)
     raw = ctx.raw["thumbnails"] = {"convert": converter, "gs": gs, "images": shots}
     for label, data_name, fmt, floor_label, target in THUMB_FORMATS:
         name = place(ctx.data[data_name], ctx.originals)
