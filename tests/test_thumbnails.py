@@ -262,6 +262,10 @@ def test_large_sources_are_box_averaged_first_to_twice_the_thumbnail():
     assert "-sample" not in argv and "-thumbnail" not in argv  # they drop pixels: aliasing
     unknown = thumbnails.convert_args("c", "/s/x", "tiff", "/t/o", "png", 50)
     assert unknown[unknown.index("-scale") + 1] == "100x100>"  # never enlarges
+    # A GIF's first frame, a WebP canvas, a rotated HEIC may not have their header's shape.
+    for fmt in ("gif", "webp", "heic"):
+        argv = thumbnails.convert_args("c", "/s/x", fmt, "/t/o", "png", 50, size=(300, 200))
+        assert argv[argv.index("-scale") + 1] == "100x100>"
 
 
 @pytest.mark.parametrize("fmt, size, scale", [
@@ -707,6 +711,15 @@ def test_gif_thumbnail_keeps_transparency(real, tmp_path):
         "-size", "400x200", "xc:none", "-fill", "red", "-draw", "rectangle 0,0 199,199",
         "gif:%s" % path))[1]
     assert info[:3] == ("GIF", 50, 25) and info[5] is False
+
+
+@needs_convert
+def test_gif_frame_smaller_than_its_screen_keeps_its_shape(real, tmp_path):
+    # The header says 1000x1000 (the screen); ImageMagick decodes the 600x200 frame. Its box
+    # pass cannot be sized to the pixel from the header, so 33.3 may round either way.
+    info = render(real, tmp_path, "framed.gif", scale=100, make=lambda path: magick(
+        "-size", "600x200", "xc:red", "-repage", "1000x1000+0+0", "gif:%s" % path))[1]
+    assert info[:2] == ("GIF", 100) and info[2] in (33, 34)
 
 
 @needs_gs

@@ -68,6 +68,10 @@ PDF_RENDER_SIDE = 2400
 # the scale (cheap and alias-free), so the sharp final filter runs on a small image.
 PRESHRINK = 2
 PRESHRINK_ABOVE = 4
+# Formats whose header size is exactly the size ImageMagick decodes for [0]. Not GIF (a first
+# frame smaller than the screen), WebP (an animation's canvas), HEIC/HEIF (libheif applies the
+# rotation property): forcing their header's aspect ratio could distort them.
+EXACT_SIZE_FORMATS = frozenset(("png", "bmp", "tiff", "jpeg"))
 DEFAULT_MAX_PIXELS = 100 * 1000 * 1000
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_RESOURCE_LIMITS = (("memory", "512MiB"), ("map", "1GiB"), ("disk", "4GiB"),
@@ -219,18 +223,19 @@ def jpeg_size_hint(size: Optional[Tuple[int, int]], scale: int) -> Optional[Tupl
     return tuple(max(1, int(math.ceil(2.0 * scale * side / longest))) for side in size)
 
 
-def _preshrink_geometry(size: Optional[Tuple[int, int]], scale: int) -> Optional[str]:
+def _preshrink_geometry(size: Optional[Tuple[int, int]], scale: int,
+                        exact: bool = True) -> Optional[str]:
     """Return the box pre-shrink's -scale geometry for a source of `size`, or None.
 
-    With a known size it is exactly PRESHRINK x the thumbnail's own size (as -resize would
-    round it), so the final pass lands on the same pixel size as one -resize would.
+    With an `exact` known size it is exactly PRESHRINK x the thumbnail's own size (as -resize
+    would round it), so the final pass lands on the same pixel size as one -resize would.
     """
-    if size is None:
-        side = PRESHRINK * scale
-        return "%dx%d>" % (side, side)  # unknown size: '>' leaves a smaller image alone
-    width, height = size
-    if max(width, height) <= PRESHRINK_ABOVE * scale:
+    if size is not None and max(size) <= PRESHRINK_ABOVE * scale:
         return None
+    if size is None or not exact:
+        side = PRESHRINK * scale
+        return "%dx%d>" % (side, side)  # keeps the aspect ratio; leaves smaller images alone
+    width, height = size
     factor = min(float(scale) / width, float(scale) / height)
     fitted = [max(1, int(math.floor(side * factor + 0.5))) for side in size]
     return "%dx%d!" % tuple(PRESHRINK * side for side in fitted)
@@ -254,7 +259,8 @@ def convert_args(convert: str, source: str, in_fmt: str, target: str, out_fmt: s
         # Decode large photos at 1/2..1/8 size: the biggest speed-up there is.
         argv += ["-define", "jpeg:size=%dx%d" % hint]
     argv.append("%s:%s[0]" % (INPUTS[in_fmt][0], source))
-    preshrink = None if hint else _preshrink_geometry(size, scale)
+    preshrink = None if hint else _preshrink_geometry(size, scale,
+                                                      in_fmt in EXACT_SIZE_FORMATS)
     if preshrink:
         # NOTE: not -thumbnail: its -sample pre-shrink drops pixels, so fine lines and text
         # alias. -scale averages every pixel (a box filter; faster than -filter Box -resize
@@ -743,7 +749,7 @@ class Renderer:
             os.replace(page, out)
         else:
             self._call(convert_args(self.tools.convert, page, "png", out, out_fmt, scale,
-                                    self.limits))
+                                    self.limits, size))
 
     def _check_output(self, path: str, fmt: str) -> Tuple[int, int]:
         if _free_bytes(os.path.dirname(path)) < DISK_FULL_BYTES:
