@@ -1,10 +1,12 @@
 """The boto3 floors of bench/s3cases.py: one timed transfer, run by the S3 tools venv's Python.
 
     python s3boto.py upload|download|get ENDPOINT REGION ACCESS SECRET BUCKET KEY FILE
+    python s3boto.py gets ENDPOINT REGION ACCESS SECRET BUCKET KEY COUNT
 
 upload: upload_file(FILE) (boto3's multipart transfer, its defaults); download:
 download_fileobj into FILE (boto3's ranged, concurrent download); get: one
 get_object streamed into FILE. Prints {"seconds": s} timed around the transfer alone.
+gets: COUNT get_object calls of a small object on one client; prints {"ms": [each]}.
 """
 
 import json
@@ -17,6 +19,12 @@ import botocore.config
 CHUNK = 1024 * 1024
 
 
+def _timed_get(client, bucket, key):
+    began = time.perf_counter()
+    client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return (time.perf_counter() - began) * 1000.0
+
+
 def main(argv):
     op, endpoint, region, access_key, secret_key, bucket, key, path = argv[1:9]
     client = boto3.client(
@@ -24,6 +32,9 @@ def main(argv):
         aws_secret_access_key=secret_key,
         config=botocore.config.Config(s3={"addressing_style": "path"}))
     client.head_bucket(Bucket=bucket)  # connect and sign once before the clock starts
+    if op == "gets":
+        print(json.dumps({"ms": [_timed_get(client, bucket, key) for _ in range(int(path))]}))
+        return
     began = time.perf_counter()
     if op == "upload":
         client.upload_file(path, bucket, key)

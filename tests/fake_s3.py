@@ -1,4 +1,4 @@
-"""An in-memory stand-in of storage.s3client.S3Client, with S3's answers, for S3Store's unit tests."""
+"""An in-memory stand-in of storage.s3client.S3Client with S3's answers, for S3Store's tests."""
 
 import collections
 import email.utils
@@ -103,7 +103,7 @@ class FakeS3Client:
         try:
             return self.objects[key]
         except KeyError:
-            raise NoSuchKey(404, "NoSuchKey", "The specified key does not exist.", key=key) from None
+            raise NoSuchKey(404, "NoSuchKey", "no such key", key=key) from None
 
     def head(self, key):
         self.count("head")

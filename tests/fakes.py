@@ -226,7 +226,7 @@ class MemoryStore(storage.Store):
         data, _ = self._get(coll, name, kind)
         return storage.StoredFile(io.BytesIO(data), self.stat(coll, name, kind))
 
-    def stage(self, coll=None, known_coll=False, name=None):
+    def stage(self, coll=None, known_coll=False, name=None, expected_size=None):
         return _MemoryStaged()
 
     def save_original(self, coll, name, staged):

@@ -168,7 +168,10 @@ class S3Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
         for pattern in self.leftovers:
             for path in glob.glob(pattern):
-                os.unlink(path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
 
 def _spawn(command, workdir, env=None):
@@ -200,13 +203,14 @@ def start_seaweedfs():
     ports = dict(zip(names, free_ports(len(names))))
     admin = free_ports(1, offset=GRPC_OFFSET)[0]
     ports.update({"admin.port": admin, "admin.port.grpc": admin + GRPC_OFFSET})
-    command = [weed, "-logdir=" + workdir, "mini", "-dir=" + os.path.join(workdir, "data"), "-ip=127.0.0.1",
-               "-ip.bind=127.0.0.1", "-s3.config=" + os.path.join(workdir, "s3.json"),
+    command = [weed, "-logdir=" + workdir, "mini", "-dir=" + os.path.join(workdir, "data"),
+               "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               "-s3.config=" + os.path.join(workdir, "s3.json"),
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
                "-master.telemetry=false", "-filer.localSocket=" + os.path.join(workdir, "f.sock"),
                "-s3.localSocket=" + os.path.join(workdir, "s3.sock")]
     command += ["-%s=%d" % item for item in sorted(ports.items())]
-    # TMPDIR: weed puts its gRPC unix sockets there; they go with the work directory.
+    # TMPDIR keeps weed's temporary files in the work directory (some sockets ignore it).
     server = S3Server("seaweedfs", _spawn(command, workdir, {"TMPDIR": workdir}), workdir,
                       "http://127.0.0.1:%d" % ports["s3.port"], access_key, secret_key)
     # weed names some gRPC unix sockets /tmp/seaweedfs-<component>-grpc-<port>.sock.
@@ -288,16 +292,23 @@ def _moto_user(endpoint, process):
     return keys
 
 
-def _started(start):
-    """Start a server for the tests: skip if it is not installed (fail under CI)."""
-    try:
-        return start()
-    except Unavailable as ex:
-        if os.environ.get("CI"):
-            pytest.fail(str(ex))
-        pytest.skip(str(ex))
-    except StartFailed as ex:
-        pytest.fail(str(ex))
+def _started(start, attempts=2):
+    """Start a server for the tests: skip if it is not installed (fail under CI).
+
+    A failed start is tried once more: a port found free may be taken before the
+    server binds it.
+    """
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Unavailable as ex:
+            if os.environ.get("CI"):
+                pytest.fail(str(ex))
+            pytest.skip(str(ex))
+        except StartFailed as ex:
+            logger.warning("%s", ex)
+            if attempt + 1 == attempts:
+                pytest.fail(str(ex))
 
 
 if pytest is not None:

@@ -1,4 +1,4 @@
-"""A real `webassets serve` on a bucket: both lifecycles, 1 GiB in flat memory, a kill mid-upload."""
+"""A real `webassets serve` on a bucket: both lifecycles, 1 GiB in flat memory, a killed upload."""
 
 import hashlib
 import http.client

@@ -1,6 +1,10 @@
-"""S3Store on the real S3 servers: what the protocol checklist cannot see (requests, bytes, keys)."""
+"""S3Store on the real S3 servers: what the protocol checklist cannot see (requests, bytes)."""
 
+import collections
+import errno
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 
@@ -11,13 +15,16 @@ from tests.fakes import ASCII, FakeInput, tiff_block, with_exif
 from tests.helpers import (COLL, DATE, SP7_BOUNDARY, U6, U7, make_settings, multipart_body,
                            needs_convert, sp6_upload, sp7_upload)
 from tests.stores import S3Backend, store_snapshot
-from tests.test_protocol import build, fileget, pseudo_random, put_ok, raw_post, req, thumb, T
+from tests.test_protocol import (build, fileget, pseudo_random, put, put_ok, raw_post, req,
+                                 thumb, T)
 from webassets import config, storage
 from webassets.app import create_app
 from webassets.exitcodes import EXIT_CONFIG
-from webassets.storage import factory
+from webassets.storage import StagedFile, factory
 from webassets.storage.s3 import READ_AHEAD_MIN, SOURCE_ETAG, RangedReader, S3Store
 from webassets.thumbnails import thumbnail_name
+
+Usage = collections.namedtuple("Usage", "total used free")
 
 
 @pytest.fixture
@@ -115,6 +122,52 @@ def test_cut_off_upload_aborts_the_multipart_upload(app, layout):
     assert res.status == 400
     assert fileget(app, U7).body == b"previous"
     assert store_snapshot(app) == {"originals/" + U7: b"previous"}  # no upload left either
+
+
+@pytest.fixture
+def spooling(tmp_path, s3_server, request):
+    """Return an app on S3Store with S3_SPOOL_DIR = tmp_path/spool, and that directory."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    backend = S3Backend.on(request.node.callspec.params["s3_server"], s3_server)
+    return build(tmp_path, "A", backend=backend, S3_SPOOL_DIR=str(spool)), spool
+
+
+def test_spooled_upload_goes_to_its_key_in_one_pass(spooling):
+    app, spool = spooling
+    content = pseudo_random(11 * 1024 * 1024 + 3, 12)
+    before = requests(app)
+    put_ok(app, U7, content)  # Specify 7's order: the name comes after the file
+    made = delta(app, before)
+    assert made["upload_part"] == 3 and "copy" not in made
+    assert hashlib.sha256(fileget(app, U7).body).digest() == hashlib.sha256(content).digest()
+    assert store_snapshot(app).keys() == {"originals/" + U7} and os.listdir(str(spool)) == []
+
+
+def test_spool_refused_cut_off_or_full_leaves_nothing(spooling, monkeypatch):
+    app, spool = spooling
+    put_ok(app, U7, b"previous")
+    assert put(app, U7, b"x" * 1000, tok=T(app, U7, key="wrong")).status == 403
+    body, headers = sp7_upload(U7, pseudo_random(1 << 20, 6), T(app, U7))
+    assert raw_post(app, FakeInput(body, cut=1 << 19), len(body), headers).status == 400
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StagedFile, "write", full)
+    assert put(app, U7, b"y" * 1000).status == 507
+    monkeypatch.undo()
+    assert fileget(app, U7).body == b"previous"
+    assert store_snapshot(app) == {"originals/" + U7: b"previous"} and os.listdir(str(spool)) == []
+
+
+def test_spool_without_room_copies_in_the_bucket(spooling, monkeypatch):
+    app, spool = spooling
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 << 30, 60 << 20, 0))
+    before = requests(app)
+    put_ok(app, U7, b"no room for this and 64 MiB more")
+    assert delta(app, before).get("copy") == 1 and os.listdir(str(spool)) == []
+    assert fileget(app, U7).body == b"no room for this and 64 MiB more"
 
 
 def test_name_changed_after_the_file_is_refused(app):

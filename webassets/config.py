@@ -189,11 +189,18 @@ def _key_prefix(value):
     return value + "/"
 
 
-def _readable_file(value):
-    value = os.path.abspath(_text(value))
-    if not os.path.isfile(value):
-        raise ValueError("no such file")
-    return value
+def _existing(test, what):
+    def existing(value):
+        value = os.path.abspath(_text(value))
+        if not test(value):
+            raise ValueError("no such " + what)
+        return value
+    existing.__name__ = "existing " + what
+    return existing
+
+
+_directory = _existing(os.path.isdir, "directory")
+_readable_file = _existing(os.path.isfile, "file")
 
 
 class Setting(NamedTuple):
@@ -283,6 +290,8 @@ SCHEMA = (
             "PEM file of the CA that signed the endpoint's certificate; None: the system's"),
     Setting("S3_PART_SIZE", 8 * 1024 ** 2, _integer(5 * 1024 ** 2, 5 * 1024 ** 3),
             "bytes per part of a multipart upload (memory held per upload)"),
+    Setting("S3_SPOOL_DIR", None, _optional(_directory),
+            "a disk directory where Specify 7's uploads wait for their name; None: none"),
 )
 _SCHEMA_BY_NAME = {setting.name: setting for setting in SCHEMA}
 

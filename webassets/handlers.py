@@ -144,7 +144,8 @@ class _Upload:
         coll = self.coll if fields_first else self.fields.get("coll")
         # Specify 6's name is known (and checked): a remote store can stream to its key.
         self.staged = self.app.store.stage(coll, known_coll=fields_first,
-                                           name=self.fields["store"] if fields_first else None)
+                                           name=self.fields["store"] if fields_first else None,
+                                           expected_size=self.request.content_length)
         part.copy_to(self.staged)
 
     def finish(self):

@@ -373,10 +373,11 @@ class Store:
         """
         raise NotImplementedError
 
-    def stage(self, coll=None, known_coll=False, name=None):
+    def stage(self, coll=None, known_coll=False, name=None, expected_size=None):
         """Start receiving an upload: an object with write(data), size and discard().
 
-        `name` is the original's name when it is known already (Specify 6 sends it first).
+        `name` is the original's name when it is known already (Specify 6 sends it first);
+        `expected_size` an upper bound of its size when known (the request's Content-Length).
         """
         raise NotImplementedError
 
@@ -507,5 +508,5 @@ class Store:
         raise NotImplementedError
 
     def open_static(self, relpath, options=None):
-        """Open the file a /static/<relpath> names (as open()); UnsafeName if it could leave the store."""
+        """Open the file /static/<relpath> names (as open()); UnsafeName if it leaves the store."""
         raise NotImplementedError

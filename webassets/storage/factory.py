@@ -34,7 +34,7 @@ def open_store(settings, client=None):
     return S3Store(client, settings.S3_PREFIX, settings.ORIG_DIR, settings.THUMB_DIR,
                    settings.COLLECTION_DIRS, label="s3://%s/%s" % (settings.S3_BUCKET,
                                                                  settings.S3_PREFIX),
-                   part_size=settings.S3_PART_SIZE)
+                   part_size=settings.S3_PART_SIZE, spool_dir=settings.S3_SPOOL_DIR)
 
 
 def lock_dir(settings):

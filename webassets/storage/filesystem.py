@@ -291,7 +291,7 @@ class FileStore(Store):
         """Open the file a /static/<relpath> names (as open()); UnsafeName, MissingFile."""
         return open_local(self.static_path(relpath))
 
-    def stage(self, coll=None, known_coll=False, name=None):
+    def stage(self, coll=None, known_coll=False, name=None, expected_size=None):
         """Start an upload: a StagedFile in the target directory when it is known.
 
         With COLLECTION_DIRS set and the collection not yet known (Specify 7

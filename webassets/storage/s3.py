@@ -19,6 +19,7 @@ from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, 
                    BadUpload, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
                    StoreFailed, StoreUnavailable, Unfinished, check_name, lease_body,
                    lease_holder, lease_name)
+from .filesystem import StagedFile
 from .layout import Layout
 from .s3client import (DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, PreconditionFailed, S3Error,
                        S3Unavailable)
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 SOURCE_ETAG = "source-etag"
 READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
+SPOOL_RESERVE = 64 * 1024 * 1024  # free space S3_SPOOL_DIR keeps beyond an upload's size
 POOL_THREADS = 8  # requests sent alongside a request's own (each thread keeps its connection)
 LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
 PROBE = b"webassets check"  # what `check` writes, reads back and deletes
@@ -206,13 +208,14 @@ class S3Store(Store):
     remote = True
 
     def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
-                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE):
+                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE, spool_dir=None):
         self.client = client
         self.prefix = prefix
         self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
         self.collection_dirs = collection_dirs
         self.label = label or "the bucket's prefix %r" % prefix
         self.part_size = part_size
+        self.spool_dir = spool_dir  # S3_SPOOL_DIR: where Specify 7's uploads wait for a name
         self._executor = None
         self._pool_lock = threading.Lock()
 
@@ -224,6 +227,17 @@ class S3Store(Store):
     def key(self, coll, name, kind=ORIGINAL):
         """Return the object key of a stored file; UnsafeName, UnknownCollection."""
         return self._dir_key(coll, kind) + check_name(name)
+
+    def _spool_has_room(self, expected_size):
+        """Tell whether spool_dir can take an upload of `expected_size` bytes (None: unknown)."""
+        if expected_size is None:
+            return True  # a full disk answers 507, as the local store does
+        try:
+            free = shutil.disk_usage(self.spool_dir).free
+        except OSError as ex:
+            logger.warning("Cannot read the free space of S3_SPOOL_DIR %s: %s", self.spool_dir, ex)
+            return False
+        return free >= expected_size + SPOOL_RESERVE
 
     def _writer(self, key):
         return self.client.writer(key, part_size=self.part_size)
@@ -466,16 +480,20 @@ class S3Store(Store):
 
     # -- writing
 
-    def stage(self, coll=None, known_coll=False, name=None):
+    def stage(self, coll=None, known_coll=False, name=None, expected_size=None):
         """Start an upload: straight to the original's key when `name` is known (Specify 6).
 
-        Else (Specify 7 sends the file before the name) to a temporary key, beside the
-        originals when the collection is known, else under the prefix; save_original
-        copies it onto its key. UnknownCollection, UnsafeName.
+        Else (Specify 7 sends the file before the name): into a file of `spool_dir` when
+        there is one with room for `expected_size` and SPOOL_RESERVE more (save_original
+        uploads it to its key); otherwise to a temporary key, beside the originals when the
+        collection is known, else under the prefix (save_original copies it onto its key).
+        UnknownCollection, UnsafeName; OSError if the spool file cannot be made.
         """
         if name is not None:
             key = self.key(coll, name, ORIGINAL)
             return S3Upload(self._writer(key), key, final=True)
+        if self.spool_dir is not None and self._spool_has_room(expected_size):
+            return StagedFile(self.spool_dir)
         directory = (self._dir_key(coll, ORIGINAL)
                      if self.collection_dirs is None or known_coll else self.prefix)
         key = "%s%s%s%s" % (directory, UPLOAD_PREFIX, uuid.uuid4().hex, TEMP_SUFFIX)
@@ -489,6 +507,12 @@ class S3Store(Store):
         name's key (the name changed after the file part).
         """
         key = self.key(coll, name, ORIGINAL)
+        if isinstance(staged, StagedFile):
+            staged.file.flush()
+            with open(staged.path, "rb") as spooled, self._writer(key) as writer:
+                shutil.copyfileobj(spooled, writer, COPY_CHUNK)  # the writer aborts on errors
+                writer.commit()
+            return  # the caller's discard() removes the spool file
         if staged.final and staged.key != key:
             raise BadUpload("the store name changed after the file part")
         staged.commit()

@@ -480,10 +480,10 @@ class S3Client:
                     self.stats.error("TLSError")
                     raise S3Error(0, "TLSError", "%s: %s" % (self.config.endpoint, ex),
                                   key=key) from None
-                self.stats.error("ConnectionError")
                 if reused and isinstance(ex, STALE_ERRORS) and not stale_retried:
                     stale_retried = True  # the server closed an idle keep-alive connection
                     continue
+                self.stats.error("ConnectionError")
                 error = S3Unavailable(0, "ConnectionError", "%s %s: %s" % (
                     method, self.config.endpoint, ex or type(ex).__name__), key=key)
             else:
