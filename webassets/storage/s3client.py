@@ -202,7 +202,8 @@ class _Reply(NamedTuple):
 class GetResult:
     """An object being read: status (200, 206 or 304), info, content_range, read(), close().
 
-    info.size is the whole object's size (None on a 304); content_range is
+    info.size is the whole object's size (None on a 304, or if the server did not
+    say: a chunked 200); content_range is
     (start, end, total) on a 206. read() raises S3Unavailable if the connection fails.
     """
 
@@ -309,8 +310,8 @@ class S3Client:
         size = None
         if reply.status == 206 and content_range:
             size = content_range[2]
-        elif reply.status == 200:
-            size = int(reply.headers.get("Content-Length", 0))
+        elif reply.status == 200 and reply.headers.get("Content-Length") is not None:
+            size = int(reply.headers["Content-Length"])
         info = object_info(key, reply.headers, size)
         return GetResult(reply.status, info, content_range if reply.status == 206 else None,
                          reply)
