@@ -23,6 +23,15 @@ PLATE = "plate.png"          # 4000x3000 8-bit RGB PNG
 DOC = "doc.pdf"              # 20-page PDF, Letter
 TILES = "tiles"              # directory of the 200 small JPEGs
 MANIFEST = "manifest.json"
+# The cold-thumbnail formats of issue 13, made (once) after the files above.
+DRAWING = "drawing.gif"      # 3000x2000 GIF of the map: lines and text, a palette image
+WEBP = "photo.webp"          # 3000x2000 lossy WebP
+BMP = "photo.bmp"            # 3000x2000 24-bit BMP
+MAP = "map.pdf"              # one Letter page of 18,000 curves and 150 labels (vector-heavy)
+SCANNED = "scanned.pdf"      # one Letter page wrapping a 2550x3300 JPEG of that map (a scan)
+MIXED = "mixed"              # 200 images of every format, about 1600x1200, for pregen
+MIXED_IMAGES = 200
+EXTRA_VERSION = 1  # bump when the files of issue 13 change
 
 # 20 Letter pages of text and vector shapes; page numbers so the pages differ.
 _POSTSCRIPT = b"""%!PS-Adobe-3.0
@@ -41,6 +50,31 @@ _POSTSCRIPT = b"""%!PS-Adobe-3.0
   showpage
 } for
 """
+
+
+# A map: 1500 random strokes of 12 Bezier segments each, and a label at every tenth.
+_MAP_POSTSCRIPT = b"""%!PS-Adobe-3.0
+<< /PageSize [612 792] >> setpagedevice
+/Helvetica findfont 7 scalefont setfont
+0.3 setlinewidth
+12345 srand
+1 1 1500 {
+  /i exch def
+  i 7 mod 7 div 0.4 i 13 mod 13 div setrgbcolor
+  rand 540 mod 36 add rand 720 mod 36 add moveto
+  1 1 12 { pop rand 41 mod 20 sub rand 41 mod 20 sub rand 41 mod 20 sub
+             rand 41 mod 20 sub rand 41 mod 20 sub rand 41 mod 20 sub rcurveto } for
+  stroke
+  i 10 mod 0 eq { 0 setgray rand 540 mod 36 add rand 720 mod 36 add moveto
+                  (Locality 38.97N) show } if
+} for
+showpage
+"""
+
+# (extension, what) of the mixed set's sources, cycled over its 200 names: mostly photos.
+_MIXED_KINDS = (("jpg", "photo"), ("png", "photo"), ("jpg", "photo"), ("tif", "photo"),
+                ("gif", "drawing"), ("jpg", "photo"), ("webp", "photo"), ("jpg", "photo"),
+                ("bmp", "photo"), ("pdf", "doc"))
 
 
 def tool(name):
@@ -154,6 +188,80 @@ def _generate_images(data_dir, convert, gs):
     os.unlink(ps)
 
 
+def jpeg_pdf(jpeg, width, height, page=(612, 792)):
+    """Return a one-page PDF showing the JPEG `jpeg` (width x height px) over the whole page.
+
+    That is how a scanner writes a page: one image, no text.
+    """
+    content = b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % page
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Resources "
+        b"<< /XObject << /Im0 4 0 R >> >> /Contents 5 0 R >>" % page,
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+        b"/BitsPerComponent 8 /Filter /DCTDecode /Length %d >>\nstream\n"
+        % (width, height, len(jpeg)) + jpeg + b"\nendstream",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+
+
+def _generate_extra(data_dir, convert, gs):
+    """Make the issue-13 files: GIF, WebP, BMP, the vector and scanned PDFs, the mixed set."""
+    photo = os.path.join(data_dir, PHOTO)
+    ps = os.path.join(data_dir, "map.ps")
+    with open(ps, "wb") as f:
+        f.write(_MAP_POSTSCRIPT)
+    map_pdf = os.path.join(data_dir, MAP)
+    _run([gs, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=pdfwrite", "-o", map_pdf, ps])
+    os.unlink(ps)
+    # The scan: the map rendered at 300 dpi, as a scanner would see the printed page.
+    scan_jpeg = os.path.join(data_dir, "scan-page.jpg")
+    _run([gs, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=jpeg", "-dJPEGQ=85", "-r300",
+          "-dTextAlphaBits=4", "-dGraphicsAlphaBits=4", "-o", scan_jpeg, map_pdf])
+    with open(scan_jpeg, "rb") as f:
+        scan = f.read()
+    with open(os.path.join(data_dir, SCANNED), "wb") as f:
+        f.write(jpeg_pdf(scan, 2550, 3300))
+    drawing = os.path.join(data_dir, "drawing.png")
+    _run([gs, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=png16m", "-r400",
+          "-dTextAlphaBits=4", "-dGraphicsAlphaBits=4", "-o", drawing, map_pdf])
+    _run([convert, drawing, "-crop", "3000x2000+200+600", "+repage",
+          os.path.join(data_dir, DRAWING)])
+    _run([convert, photo, "-crop", "3000x2000+1500+1000", "+repage", "-quality", "80",
+          os.path.join(data_dir, WEBP)])
+    _run([convert, photo, "-crop", "3000x2000+500+1500", "+repage", "-type", "TrueColor",
+          os.path.join(data_dir, BMP)])
+    mixed = os.path.join(data_dir, MIXED)
+    os.makedirs(mixed, exist_ok=True)
+    sources = {}
+    for index, (ext, what) in enumerate(_MIXED_KINDS):
+        path = os.path.join(data_dir, "mixed-source-%d.%s" % (index, ext))
+        if what == "doc":
+            shutil.copyfile(os.path.join(data_dir, DOC), path)
+        else:
+            base = photo if what == "photo" else drawing
+            _run([convert, base, "-crop", "1600x1200+%d+%d" % (300 * index, 200 * index),
+                  "+repage", "-quality", "85", path])
+        sources[index] = path
+    for number in range(MIXED_IMAGES):
+        index = number % len(_MIXED_KINDS)
+        target = os.path.join(mixed, "m_%03d.%s" % (number, _MIXED_KINDS[index][0]))
+        shutil.copyfile(sources[index], target)
+    for path in list(sources.values()) + [drawing, scan_jpeg]:
+        os.unlink(path)
+
+
 def tile_names(data_dir):
     """Return the sorted names of the small images."""
     return sorted(os.listdir(os.path.join(data_dir, TILES)))[:SMALL_IMAGES]
@@ -181,12 +289,20 @@ def generate(data_dir, big_mib):
         _random_file(os.path.join(data_dir, SMALL), SMALL_BYTES)
         _generate_images(data_dir, convert, gs)
         manifest = {"version": DATA_VERSION}
+    extras = (DRAWING, WEBP, BMP, MAP, SCANNED, MIXED)
+    if manifest.get("extra_version") != EXTRA_VERSION or not all(
+            os.path.exists(os.path.join(data_dir, name)) for name in extras):
+        logger.info("Generating the GIF, WebP, BMP, PDF pages and mixed set in %s", data_dir)
+        shutil.rmtree(os.path.join(data_dir, MIXED), ignore_errors=True)
+        _generate_extra(data_dir, convert, gs)
+        manifest["extra_version"] = EXTRA_VERSION
     big = download_file(data_dir, big_mib)
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     if len(tile_names(data_dir)) < SMALL_IMAGES:
         raise RuntimeError("expected %d small images in %s" % (SMALL_IMAGES, TILES))
-    paths = {name: os.path.join(data_dir, name) for name in (SMALL, PHOTO, SCAN, PLATE, DOC)}
+    paths = {name: os.path.join(data_dir, name)
+             for name in (SMALL, PHOTO, SCAN, PLATE, DOC) + extras}
     paths["big"] = big
     paths["tiles"] = os.path.join(data_dir, TILES)
     return paths

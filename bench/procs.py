@@ -132,13 +132,15 @@ def proc_status(pid):
     return fields
 
 
-def _cpu_seconds(pid):
+def _cpu_seconds(pid, reaped=False):
+    """Return the user+system CPU seconds of `pid` (with `reaped`: and of its reaped children)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+    ticks = sum(int(value) for value in fields[11:15 if reaped else 13])
+    return ticks / float(os.sysconf("SC_CLK_TCK"))
 
 
 def children(pid):
@@ -199,9 +201,12 @@ class Server:
         except OSError:
             return False
 
-    def cpu_seconds(self):
-        """Return user+system CPU seconds of the process and its live children (0 if unknown)."""
-        return sum(_cpu_seconds(pid) for pid in _family(self.pid))
+    def cpu_seconds(self, reaped=False):
+        """Return user+system CPU seconds of the process and its live children (0 if unknown).
+
+        With `reaped`, the children they have waited for count too (a worker's converters).
+        """
+        return sum(_cpu_seconds(pid, reaped) for pid in _family(self.pid))
 
     def alive(self):
         return self.popen.poll() is None

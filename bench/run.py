@@ -27,11 +27,13 @@ import soak  # noqa: E402
 logger = logging.getLogger("bench")
 
 FULL = {"big_mib": 512, "get_seconds": 4, "get_rounds": 3, "big_reps": 5, "upload_reps": 4,
-        "cold_reps": 7, "unhinted_reps": 3, "cached_reqs": 200, "mixed_seconds": 60,
+        "cold_reps": 9, "unhinted_reps": 3, "pregen_rounds": 3, "cached_reqs": 200,
+        "mixed_seconds": 60,
         "meta_seconds": 8, "slow_seconds": 30, "slow_floor_seconds": 10,
         "soak_seconds": 600}
 QUICK = {"big_mib": 64, "get_seconds": 1, "get_rounds": 1, "big_reps": 3, "upload_reps": 2,
-         "cold_reps": 3, "unhinted_reps": 1, "cached_reqs": 40, "mixed_seconds": 8,
+         "cold_reps": 5, "unhinted_reps": 1, "pregen_rounds": 1, "cached_reqs": 40,
+         "mixed_seconds": 8,
          "meta_seconds": 1, "slow_seconds": 8, "slow_floor_seconds": 4,
          "soak_seconds": 60}
 
@@ -50,10 +52,21 @@ NOTES = [
     "supervisor and its workers), with the peaks reset (clear_refs 5) before each measurement.",
     "The upload floor (`bench/sink.py`) reads the body with recv_into into a 1 MiB buffer, "
     "writes it to a file on the same disk and fsyncs it before answering, as webassets does.",
-    "Thumbnail floors run the exact argv the server would (webassets.thumbnails.convert_args / "
-    "ghostscript_args, resource limits included) by hand with the same binaries; "
-    "'no hint' drops the jpeg:size decode hint. Cold = the cached thumbnail deleted, then one "
-    "request; medians of {cold_reps}, server and floor runs interleaved.",
+    "Thumbnail floors run the reference server's command by hand with the same binaries: "
+    "`convert SRC[0] -resize 200x200> OUT` (JPEG: with the `-define jpeg:size=` decode hint; "
+    "'no hint' drops it). PDFs: stock ImageMagick refuses them (policy), so the floor is gs "
+    "with webassets' own options (webassets.thumbnails.ghostscript_args), and the ratio is "
+    "the server's whole overhead. Cold = the cached thumbnail deleted, then one request; "
+    "{cold_reps} pairs of a request and a floor run back to back (the order alternating); "
+    "the values are medians, the ratio is the median of the pairs' ratios (robust to "
+    "background load, which hits both sides of a pair alike). Before/after images: "
+    "OUT/thumbs/NAME.png (left: the reference's output; PDFs: the reference's pipeline "
+    "(gs at 72 dpi, then -resize), webassets before issue 13, webassets now).",
+    "pregen: `webassets thumbnails pregen --sizes 200 --jobs N` over 200 mixed images "
+    "(JPEG, PNG, TIFF, GIF, WebP, BMP, PDF; about 1600x1200), against the same 200 reference "
+    "commands (as above) run by `xargs -P N`; N = CPUs; {pregen_rounds} alternating "
+    "round(s); ratios are medians of the rounds' ratios. images/s is what pregen prints; "
+    "the wall time includes its start-up.",
     "Cached thumbnails are compared with the same bytes served as an original (type=O).",
     "The 32 concurrent first requests go to a second webassets instance whose CONVERT is a "
     "wrapper logging each call; 'conversions run' counts the logged calls naming the image.",
@@ -175,7 +188,8 @@ def run(args):
     finally:
         ctx.procs.stop_all()
         shutil.rmtree(ctx.store, ignore_errors=True)
-        for store in ("store-stampede", "store-slow", "store-soak", "store-s3", "store-migrate"):
+        for store in ("store-stampede", "store-slow", "store-soak", "store-s3", "store-migrate",
+                      "store-pregen"):
             shutil.rmtree(os.path.join(run_dir, store), ignore_errors=True)
     meta = machine_meta(args, params)
     meta["seconds"] = round(time.monotonic() - started, 1)

@@ -137,7 +137,7 @@ def fake_tools(formats=ALL_FORMATS, program="/fake/convert", gs="/fake/gs", **op
 
 
 class FakeRenderer(Concurrency):
-    """A thumbnails renderer for scheduler tests: publishes a PNG, or raises `error`; no argv."""
+    """A thumbnails renderer for scheduler tests: writes a PNG, or raises `error`; no argv."""
 
     def __init__(self, error=None, gate=None, delay=0.0):
         super().__init__(gate, delay)
@@ -146,15 +146,25 @@ class FakeRenderer(Concurrency):
     def render(self, job):
         """Publish job.target (dated no earlier than the source), or raise `error`."""
         with self.call(job):
-            if self.error is not None:
-                raise self.error
             os.makedirs(os.path.dirname(job.target), exist_ok=True)
             partial = job.target + ".part"
-            with open(partial, "wb") as out:
-                out.write(samples.png())
-            if os.stat(partial).st_mtime_ns < job.mtime_ns:
-                os.utime(partial, ns=(job.mtime_ns, job.mtime_ns))
+            self._write(job, partial)
             os.replace(partial, job.target)
+
+    def render_into(self, job, workdir):
+        """Write the PNG into the caller's `workdir` and return its path, or raise `error`."""
+        with self.call(job):
+            out = os.path.join(workdir, "out")
+            self._write(job, out)
+            return out
+
+    def _write(self, job, path):
+        if self.error is not None:
+            raise self.error
+        with open(path, "wb") as out:
+            out.write(samples.png())
+        if os.stat(path).st_mtime_ns < job.mtime_ns:
+            os.utime(path, ns=(job.mtime_ns, job.mtime_ns))
 
 
 def fake_thumbnailer(renderer=None, formats=ALL_FORMATS, **options):

@@ -16,7 +16,7 @@ from tests.fakes import (
     storm,
 )
 from tests.helpers import CONVERT, needs_convert
-from webassets import imageformats, thumbnails
+from webassets import imageformats, storage, thumbnails
 from webassets.thumbnails import BadScale, Busy, NotThumbnailable, ThumbnailError, Thumbnailer
 
 GS = shutil.which("gs")
@@ -32,13 +32,17 @@ def png_bomb(width=30000, height=30000):
             + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
 
 
-def pdf_bytes(pages):
-    """Return a PDF with one blue rectangle per page; pages are (width, height) in points."""
+def pdf_bytes(pages, stream=None):
+    """Return a PDF with one blue rectangle per page; pages are (width, height) in points.
+
+    `stream`, if given, is every page's content instead of the rectangle.
+    """
     objects = {1: b"<< /Type /Catalog /Pages 2 0 R >>"}
     kids = []
     for index, (width, height) in enumerate(pages):
         page, content = 3 + 2 * index, 4 + 2 * index
-        stream = b"0 0 1 rg 10 10 %d %d re f" % (width - 20, height - 20)
+        if stream is None:
+            stream = b"0 0 1 rg 10 10 %d %d re f" % (width - 20, height - 20)
         objects[page] = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Contents %d 0 R >>"
                          % (width, height, content))
         objects[content] = b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream)
@@ -249,6 +253,38 @@ def test_convert_args_are_explicit_and_bounded():
     assert last_limit < argv.index("jpeg:/s/a b.jpg[0]")  # limits apply while reading
 
 
+def test_large_sources_are_box_averaged_first_to_twice_the_thumbnail():
+    argv = thumbnails.convert_args("c", "/s/x", "tiff", "/t/o", "png", 50, size=(300, 200))
+    # Exactly 2 x the 50x33 that one -resize 50x50> gives, so the sizes agree to the pixel.
+    assert argv[argv.index("-scale") + 1] == "100x66!"
+    assert (argv.index("tiff:/s/x[0]") < argv.index("-scale") < argv.index("-auto-orient")
+            < argv.index("-colorspace") < argv.index("-resize") < argv.index("-strip"))
+    assert "-sample" not in argv and "-thumbnail" not in argv  # they drop pixels: aliasing
+    unknown = thumbnails.convert_args("c", "/s/x", "tiff", "/t/o", "png", 50)
+    assert unknown[unknown.index("-scale") + 1] == "100x100>"  # never enlarges
+    # A GIF's first frame, a WebP canvas, a rotated HEIC may not have their header's shape.
+    for fmt in ("gif", "webp", "heic"):
+        argv = thumbnails.convert_args("c", "/s/x", fmt, "/t/o", "png", 50, size=(300, 200))
+        assert argv[argv.index("-scale") + 1] == "100x100>"
+
+
+@pytest.mark.parametrize("fmt, size, scale", [
+    ("png", (200, 150), 50),  # at most 4x the thumbnail: one pass is cheap enough
+    ("jpeg", (6000, 4000), 123),  # decoded small already (jpeg:size)
+    ("jpeg", (200, 100), 123),  # nothing to shrink
+])
+def test_small_or_hinted_sources_skip_the_box_pass(fmt, size, scale):
+    assert "-scale" not in thumbnails.convert_args("c", "/s/x", fmt, "/t/o", "png", scale,
+                                                   size=size)
+
+
+def test_output_specific_options():
+    gif = thumbnails.convert_args("c", "/s/x", "gif", "/t/o", "gif", 50, size=(80, 80))
+    assert gif[gif.index("-colors") + 1] == "256" and "+dither" in gif
+    jpeg = thumbnails.convert_args("c", "/s/x", "jpeg", "/t/o", "jpeg", 50, size=(80, 80))
+    assert "-alpha" not in jpeg and jpeg[jpeg.index("-quality") + 1] == "85"  # no alpha to drop
+
+
 def test_convert_args_per_format():
     tiff = thumbnails.convert_args("c", "/s/x", "tiff", "/t/o", "png", 50)
     assert "tiff:/s/x[0]" in tiff and "-define" not in tiff and "-alpha" not in tiff
@@ -272,15 +308,25 @@ def test_jpeg_size_hint_never_exceeds_the_image(size, scale, expected):
 def test_ghostscript_args():
     argv = thumbnails.ghostscript_args("/usr/bin/gs", "/s/x.pdf", "/t/page.png", 29.5)
     for option in ("-dSAFER", "-dBATCH", "-dNOPAUSE", "-dFirstPage=1", "-dLastPage=1",
-                   "-sDEVICE=png16m", "-r29.5"):
+                   "-sDEVICE=png16m", "-r29.5", "-dGraphicsAlphaBits=4", "-dDOINTERPOLATE"):
         assert option in argv
     assert argv[-2:] == ["-f", "/s/x.pdf"] and argv[argv.index("-o") + 1] == "/t/page.png"
+    supersampled = thumbnails.ghostscript_args("gs", "/s/x.pdf", "/t/p.png", 18.181, 4)
+    assert "-r72.724" in supersampled and "-dDownScaleFactor=4" in supersampled
+    assert "-dGraphicsAlphaBits=4" not in supersampled  # the slow part on vector-heavy pages
 
 
 def test_pdf_resolution():
     assert thumbnails.pdf_resolution((612, 792), 792) == 72
     assert thumbnails.pdf_resolution((300, 200), 123) == pytest.approx(29.52)
     assert thumbnails.pdf_resolution((1, 1), 1600) == thumbnails.PDF_MAX_DPI
+    # Rounded down: a Letter page at 200 must not come out 201 pixels high.
+    assert 792 * thumbnails.pdf_resolution((612, 792), 200) / 72 <= 200
+
+
+@pytest.mark.parametrize("scale, factor", [(64, 4), (200, 4), (600, 4), (1000, 2), (1600, 1)])
+def test_pdf_downscale_bounds_the_render(scale, factor):
+    assert thumbnails.pdf_downscale(scale) == factor
 
 
 def test_run_command_kills_the_process_group_on_timeout(tmp_path):
@@ -470,6 +516,26 @@ def test_timeouts_and_missing_tools_are_thumbnail_errors(tmp_path, source):
     assert os.listdir(os.path.dirname(thumbs(tmp_path))) == []
 
 
+def test_a_store_render_uses_one_private_directory_and_one_rename(tmp_path, monkeypatch):
+    store = storage.FileStore(str(tmp_path))
+    original = store.local_path(None, "a.png")
+    os.makedirs(os.path.dirname(original))
+    with open(original, "wb") as f:
+        f.write(png_bytes(40, 20))
+    converter = FakeConverter()
+    engine = Thumbnailer(tools=thumbnails.Toolchain("/fake/convert", "/fake/gs", converter))
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda *args: renames.append(args) or real_replace(*args))
+    assert engine.thumbnail_of(store, None, "a.png", 10) == ("a_10.png", "image/png")
+    written = converter.calls[0][-1].partition(":")[2]
+    # The converter writes straight into the scratch directory beside the thumbnail.
+    thumbnail = store.local_path(None, "a_10.png", storage.THUMBNAIL)
+    assert os.path.dirname(os.path.dirname(written)) == os.path.dirname(thumbnail)
+    assert renames == [(written, thumbnail)]
+    assert os.listdir(os.path.dirname(thumbnail)) == ["a_10.png"]
+
+
 def test_pdf_goes_to_ghostscript(tmp_path):
     path = tmp_path / "x.pdf"
     path.write_bytes(pdf_bytes([(300, 200)]))
@@ -568,8 +634,10 @@ def test_exif_orientation_is_applied(real, tmp_path):
 @needs_convert
 def test_cmyk_jpeg_becomes_srgb(real, tmp_path):
     info = render(real, tmp_path, "cmyk.jpg", scale=50, make=lambda path: magick(
-        "-size", "300x200", "gradient:red-blue", "-colorspace", "CMYK", "jpeg:%s" % path))[1]
+        "-size", "300x200", "xc:red", "-colorspace", "CMYK", "jpeg:%s" % path))[1]
     assert info[0] == "JPEG" and info[4] == "sRGB"
+    red, green, blue = pixel(tmp_path / "thumbnails" / "cmyk_50.jpg", 25, 16)
+    assert red > 230 and green < 30 and blue < 30  # not inverted, not muddy
 
 
 @needs_convert
@@ -577,6 +645,92 @@ def test_sixteen_bit_tiff_becomes_eight_bit_png(real, tmp_path):
     info = render(real, tmp_path, "deep.tiff", scale=50, make=lambda path: magick(
         "-size", "300x200", "gradient:red-blue", "-depth", "16", "tiff:%s" % path))[1]
     assert info[:4] == ("PNG", 50, 33, 8)
+
+
+def gray_stats(path):
+    """Return the (mean, standard deviation) of an image's grey levels, from 0 to 1."""
+    argv = [CONVERT, "%s[0]" % path, "-colorspace", "Gray", "-format",
+            "%[fx:mean] %[fx:standard_deviation]", "info:"]
+    output = subprocess.run(argv, check=True, stdout=subprocess.PIPE, timeout=30).stdout
+    mean, deviation = output.decode().split()
+    return float(mean), float(deviation)
+
+
+def pixel(path, x, y):
+    """Return the (red, green, blue) of one pixel, from 0 to 255."""
+    argv = [CONVERT, "%s[0]" % path, "-format", "%%[fx:int(255*p{%d,%d}.r)] "
+            "%%[fx:int(255*p{%d,%d}.g)] %%[fx:int(255*p{%d,%d}.b)]" % ((x, y) * 3), "info:"]
+    output = subprocess.run(argv, check=True, stdout=subprocess.PIPE, timeout=30).stdout
+    return tuple(int(value) for value in output.split())
+
+
+@needs_convert
+def test_large_sixteen_bit_tiff_becomes_eight_bit_srgb(real, tmp_path):
+    info = render(real, tmp_path, "scan.tif", scale=100, make=lambda path: magick(
+        "-size", "1200x800", "gradient:red-blue", "-depth", "16", "tiff:%s" % path))[1]
+    assert info[:5] == ("PNG", 100, 67, 8, "sRGB")  # as one -resize 100x100> would size it
+
+
+@needs_convert
+def test_cmyk_tiff_becomes_srgb_with_its_colours(real, tmp_path):
+    info = render(real, tmp_path, "cmyk.tif", scale=100, make=lambda path: magick(
+        "-size", "1000x500", "xc:red", "-colorspace", "CMYK", "tiff:%s" % path))[1]
+    assert info[:5] == ("PNG", 100, 50, 8, "sRGB")
+    red, green, blue = pixel(tmp_path / "thumbnails" / "cmyk_100.png", 50, 25)
+    assert red > 240 and green < 15 and blue < 15
+
+
+@needs_convert
+def test_orientation_is_applied_after_the_box_pass(real, tmp_path):
+    info = render(real, tmp_path, "turned.tif", scale=100, make=lambda path: magick(
+        "-size", "1000x500", "gradient:red-blue", "-orient", "RightTop", "tiff:%s" % path))[1]
+    assert info[:3] == ("PNG", 50, 100)
+
+
+@needs_convert
+def test_exif_orientation_is_applied_to_a_hinted_jpeg(real, tmp_path):
+    def make(path):
+        magick("-size", "1000x500", "gradient:red-blue", "jpeg:%s" % path)
+        path.write_bytes(with_orientation(path.read_bytes(), 6))
+    assert render(real, tmp_path, "turned.jpg", make=make, scale=100)[1][:3] == ("JPEG", 50, 100)
+
+
+@needs_convert
+def test_one_pixel_checks_become_grey_not_moire(real, tmp_path):
+    # A pre-shrink that samples (-sample, -thumbnail) would keep every other pixel: black.
+    render(real, tmp_path, "checks.png", scale=100, make=lambda path: magick(
+        "-size", "1600x800", "pattern:gray50", "png:%s" % path))
+    mean, deviation = gray_stats(tmp_path / "thumbnails" / "checks_100.png")
+    assert 0.4 < mean < 0.6 and deviation < 0.05
+
+
+@needs_convert
+def test_gif_thumbnail_keeps_transparency(real, tmp_path):
+    info = render(real, tmp_path, "half.gif", scale=50, make=lambda path: magick(
+        "-size", "400x200", "xc:none", "-fill", "red", "-draw", "rectangle 0,0 199,199",
+        "gif:%s" % path))[1]
+    assert info[:3] == ("GIF", 50, 25) and info[5] is False
+
+
+@needs_convert
+def test_gif_frame_smaller_than_its_screen_keeps_its_shape(real, tmp_path):
+    # The header says 1000x1000 (the screen); ImageMagick decodes the 600x200 frame. Its box
+    # pass cannot be sized to the pixel from the header, so 33.3 may round either way.
+    info = render(real, tmp_path, "framed.gif", scale=100, make=lambda path: magick(
+        "-size", "600x200", "xc:red", "-repage", "1000x1000+0+0", "gif:%s" % path))[1]
+    assert info[:2] == ("GIF", 100) and info[2] in (33, 34)
+
+
+@needs_gs
+def test_scanned_pdf_page_is_filtered_not_point_sampled(real, tmp_path):
+    # The page is one image of 1-pixel stripes, 4x finer than even the supersampled render.
+    stripes = bytes([0, 255] * 1200)
+    page = b"q 600 0 0 600 0 0 cm BI /W 2400 /H 1 /CS /G /BPC 8 ID " + stripes + b" EI Q"
+    content_type, info = render(real, tmp_path, "scan.pdf", pdf_bytes([(600, 600)], page),
+                                scale=100)
+    assert content_type == "image/png" and info[:5] == ("PNG", 100, 100, 8, "sRGB")
+    mean, deviation = gray_stats(tmp_path / "thumbnails" / "scan_100.png")
+    assert 0.4 < mean < 0.6 and deviation < 0.05
 
 
 @needs_convert

@@ -28,9 +28,8 @@ from .storage import (RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, FileInfo, StorageEr
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
     "parse_scale", "thumbnail_name", "parse_thumbnail_name", "is_thumbnail_of", "output_format",
-    "jpeg_size_hint", "convert_args", "ghostscript_args",
-    "pdf_resolution", "run_command", "Toolchain", "Job", "Renderer", "Thumbnailer",
-    "NullObserver",
+    "jpeg_size_hint", "convert_args", "ghostscript_args", "pdf_resolution", "pdf_downscale",
+    "run_command", "Toolchain", "Job", "Renderer", "Thumbnailer", "NullObserver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +59,20 @@ CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",
                  "webp": "image/webp", "bmp": "image/bmp"}
 
 PDF_MAX_DPI = 300.0  # bounds the render when the page size guess is far too small
+# PDF pages render at up to PDF_SUPERSAMPLE x the thumbnail's resolution and Ghostscript
+# box-averages that down (-dDownScaleFactor): every mark is antialiased by its coverage, and
+# it costs less than -dGraphicsAlphaBits on pages of thousands of paths (half, on a map).
+# The render's long side stays within PDF_RENDER_SIDE.
+PDF_SUPERSAMPLE = 4
+PDF_RENDER_SIDE = 2400
+# Raster sources more than PRESHRINK_ABOVE x the scale are first box-averaged to PRESHRINK x
+# the scale (cheap and alias-free), so the sharp final filter runs on a small image.
+PRESHRINK = 2
+PRESHRINK_ABOVE = 4
+# Formats whose header size is exactly the size ImageMagick decodes for [0]. Not GIF (a first
+# frame smaller than the screen), WebP (an animation's canvas), HEIC/HEIF (libheif applies the
+# rotation property): forcing their header's aspect ratio could distort them.
+EXACT_SIZE_FORMATS = frozenset(("png", "bmp", "tiff", "jpeg"))
 DEFAULT_MAX_PIXELS = 100 * 1000 * 1000
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_RESOURCE_LIMITS = (("memory", "512MiB"), ("map", "1GiB"), ("disk", "4GiB"),
@@ -170,15 +183,33 @@ def output_format(target_path: str) -> str:
 # ---------------------------------------------------------------------------- argv builders (pure)
 
 def pdf_resolution(page_size: Tuple[float, float], scale: int) -> float:
-    """Return the dpi that renders a page of `page_size` points with its long side = scale."""
-    return min(PDF_MAX_DPI, max(1.0, round(scale * 72.0 / max(page_size), 3)))
+    """Return the dpi that renders a page of `page_size` points with its long side <= scale."""
+    # Rounded down: a page one pixel too big would cost a second, ImageMagick pass.
+    dpi = math.floor(scale * 72000.0 / max(page_size)) / 1000.0
+    return min(PDF_MAX_DPI, max(1.0, dpi))
 
 
-def ghostscript_args(gs: str, source: str, target: str, dpi: float) -> List[str]:
-    """Return gs argv rendering page 1 of `source` (a PDF) to the PNG `target` on white."""
-    return [gs, "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dQUIET", "-dFirstPage=1", "-dLastPage=1",
-            "-sDEVICE=png16m", "-r%g" % dpi, "-dTextAlphaBits=4", "-dGraphicsAlphaBits=4",
-            "-o", target, "-f", source]
+def pdf_downscale(scale: int) -> int:
+    """Return the supersampling factor for a PDF thumbnail of `scale` (1 to PDF_SUPERSAMPLE)."""
+    return max(1, min(PDF_SUPERSAMPLE, PDF_RENDER_SIDE // max(1, scale)))
+
+
+def ghostscript_args(gs: str, source: str, target: str, dpi: float, downscale: int = 1
+                     ) -> List[str]:
+    """Return gs argv rendering page 1 of `source` (a PDF) to the PNG `target` on white.
+
+    The page renders at `dpi` x `downscale` and Ghostscript averages each downscale x
+    downscale block into one pixel; without supersampling its alpha bits antialias instead.
+    """
+    # -dDOINTERPOLATE: images (a scanned page is one big image) are filtered down, not
+    # point-sampled, which would alias whatever the supersampling.
+    argv = [gs, "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dQUIET", "-dFirstPage=1", "-dLastPage=1",
+            "-sDEVICE=png16m", "-r%g" % round(dpi * downscale, 3), "-dDOINTERPOLATE"]
+    if downscale > 1:
+        argv.append("-dDownScaleFactor=%d" % downscale)
+    else:
+        argv += ["-dTextAlphaBits=4", "-dGraphicsAlphaBits=4"]
+    return argv + ["-o", target, "-f", source]
 
 
 def jpeg_size_hint(size: Optional[Tuple[int, int]], scale: int) -> Optional[Tuple[int, int]]:
@@ -195,6 +226,24 @@ def jpeg_size_hint(size: Optional[Tuple[int, int]], scale: int) -> Optional[Tupl
     return tuple(max(1, int(math.ceil(2.0 * scale * side / longest))) for side in size)
 
 
+def _preshrink_geometry(size: Optional[Tuple[int, int]], scale: int,
+                        exact: bool = True) -> Optional[str]:
+    """Return the box pre-shrink's -scale geometry for a source of `size`, or None.
+
+    With an `exact` known size it is exactly PRESHRINK x the thumbnail's own size (as -resize
+    would round it), so the final pass lands on the same pixel size as one -resize would.
+    """
+    if size is not None and max(size) <= PRESHRINK_ABOVE * scale:
+        return None
+    if size is None or not exact:
+        side = PRESHRINK * scale
+        return "%dx%d>" % (side, side)  # keeps the aspect ratio; leaves smaller images alone
+    width, height = size
+    factor = min(float(scale) / width, float(scale) / height)
+    fitted = [max(1, int(math.floor(side * factor + 0.5))) for side in size]
+    return "%dx%d!" % tuple(PRESHRINK * side for side in fitted)
+
+
 def convert_args(convert: str, source: str, in_fmt: str, target: str, out_fmt: str, scale: int,
                  limits: Iterable[Tuple[str, str]] = DEFAULT_RESOURCE_LIMITS,
                  size: Optional[Tuple[int, int]] = None) -> List[str]:
@@ -202,7 +251,8 @@ def convert_args(convert: str, source: str, in_fmt: str, target: str, out_fmt: s
 
     Coders are explicit on both sides (`jpeg:/abs/src[0]`, `png:/abs/out`) so content can
     never choose one; paths must be absolute and free of ImageMagick's special characters.
-    `size` is the source's stored (width, height), if known.
+    `size` is the source's stored (width, height), if known. The output is 8-bit sRGB with
+    the EXIF orientation applied and no metadata.
     """
     argv = [convert]
     for name, value in limits:
@@ -211,11 +261,27 @@ def convert_args(convert: str, source: str, in_fmt: str, target: str, out_fmt: s
     if hint:
         # Decode large photos at 1/2..1/8 size: the biggest speed-up there is.
         argv += ["-define", "jpeg:size=%dx%d" % hint]
-    argv += ["%s:%s[0]" % (INPUTS[in_fmt][0], source),
-             "-auto-orient", "+repage", "-colorspace", "sRGB",
+    argv.append("%s:%s[0]" % (INPUTS[in_fmt][0], source))
+    preshrink = None if hint else _preshrink_geometry(size, scale,
+                                                      in_fmt in EXACT_SIZE_FORMATS)
+    if preshrink:
+        # NOTE: not -thumbnail: its -sample pre-shrink drops pixels, so fine lines and text
+        # alias. -scale averages every pixel (a box filter; faster than -filter Box -resize
+        # on palette images), and the final Lanczos pass still has PRESHRINK x the
+        # thumbnail to work from.
+        argv += ["-scale", preshrink]
+    # Orientation and colour work on the small image; -auto-orient reads the orientation
+    # ImageMagick kept from the EXIF/TIFF tag, and -strip drops it only after.
+    argv += ["-auto-orient", "+repage", "-colorspace", "sRGB",
              "-resize", "%dx%d>" % (scale, scale)]
+    if out_fmt == "jpeg" and in_fmt != "jpeg":
+        argv += ["-background", "white", "-alpha", "remove"]  # JPEG has no alpha
     if out_fmt == "jpeg":
-        argv += ["-background", "white", "-alpha", "remove", "-quality", "85"]
+        argv += ["-quality", "85"]
+    elif out_fmt == "gif":
+        # The GIF writer's own quantizer dithers (Riemersma): most of a GIF thumbnail's
+        # time, and speckle on a 200 px image. An adaptive palette without dither instead.
+        argv += ["+dither", "-treedepth", "6", "-colors", "256"]
     argv += ["-depth", "8", "-strip", "%s:%s" % (out_fmt, target)]
     return argv
 
@@ -312,7 +378,8 @@ class Toolchain:
 # ---------------------------------------------------------------------------- engine
 
 # One thumbnail to render: absolute source, its format, header size and mtime, target, scale.
-# The target is the local file to render onto (None until the scheduler picks one).
+# The target is the local file to render onto (None until the scheduler picks one); for
+# Renderer.render_into, only its extension counts (it picks the output format).
 Job = collections.namedtuple("Job", "source fmt size mtime_ns target scale")
 
 
@@ -366,7 +433,8 @@ class Thumbnailer:
 
     The converters come as one `tools` (a Toolchain), else one is made from `convert`, `gs`
     and `run` (see Toolchain). The conversions themselves are the `renderer`'s (a Renderer
-    over the tools by default; anything with render(job) for tests).
+    over the tools by default; for tests, anything with render(job) and
+    render_into(job, workdir)).
 
     Within a process, requests for one target share one flight. With `lock_dir` (the same
     directory in every process on the store, e.g. the built-in server's workers), processes
@@ -514,7 +582,8 @@ class Thumbnailer:
         """Render `job` into a private scratch directory, then store.save_thumbnail() it.
 
         The scratch directory is beside the thumbnail when the store has a local path for
-        it (so publishing is a rename on one filesystem), else in the system's temp dir.
+        it (so publishing is one rename on one filesystem), else in the system's temp dir.
+        The renderer works in that directory too: one private directory, one rename.
         """
         local = store.local_path(coll, thumb_name, THUMBNAIL)
         parent = os.path.dirname(local) if local is not None else None
@@ -523,10 +592,11 @@ class Thumbnailer:
                 os.makedirs(parent, exist_ok=True)
             scratch = tempfile.mkdtemp(prefix=RENDER_PREFIX, suffix=TEMP_SUFFIX, dir=parent)
         try:
-            # A fixed name: the thumbnail's own name may hold characters ImageMagick expands.
-            staged = os.path.join(scratch, "thumbnail" + os.path.splitext(thumb_name)[1])
-            self.renderer.render(job._replace(target=staged))
+            # Inside the try: the free space is judged while the partial output still fills
+            # the disk, before the scratch directory is removed.
             with _disk_full_as_error(scratch):
+                # The thumbnail's name only picks the output format (by its extension).
+                staged = self.renderer.render_into(job._replace(target=thumb_name), scratch)
                 store.save_thumbnail(coll, thumb_name, staged, source)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -703,7 +773,9 @@ class Renderer:
 
     The Thumbnailer decides when to render (single flight, slots, failures); the renderer
     only converts. `render(job)` publishes job.target atomically, dated no earlier than the
-    source, or raises ThumbnailError (DiskFull when the target's filesystem has no room).
+    source, or raises ThumbnailError (DiskFull when the target's filesystem has no room);
+    `render_into(job, workdir)` leaves the file in a directory the caller owns, for callers
+    that publish it themselves (a store).
     """
 
     def __init__(self, tools: Toolchain, timeout: float = 60,
@@ -727,15 +799,20 @@ class Renderer:
             # Inside the try: the free space is judged while the partial output still fills
             # the disk, before the work dir is removed.
             with _disk_full_as_error(target_dir):
-                self._render_in(job, workdir, target_dir)
+                os.replace(self.render_into(job, workdir), job.target)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _render_in(self, job: Job, workdir: str, target_dir: str) -> None:
-        """Convert job.source into `workdir`, check the output, rename it onto the target."""
+    def render_into(self, job: Job, workdir: str) -> str:
+        """Render job.source in `workdir`; return the finished file's path there.
+
+        `workdir` is a private directory the caller owns (and removes, with any partial
+        output); job.target only names the output format, by its extension. The file is
+        checked and dated no earlier than the source. Raise ThumbnailError.
+        """
         if _IM_SPECIAL.search(workdir):
             raise ThumbnailError("thumbnail directory name has characters ImageMagick "
-                                 "interprets: %r" % target_dir)
+                                 "interprets: %r" % os.path.dirname(workdir))
         source = _safe_source(job.source, workdir)
         out = os.path.join(workdir, "out")
         out_fmt = output_format(job.target)
@@ -748,7 +825,7 @@ class Renderer:
         if os.stat(out).st_mtime_ns < job.mtime_ns:
             # A source dated in the future must not leave its thumbnail stale forever.
             os.utime(out, ns=(job.mtime_ns, job.mtime_ns))
-        os.replace(out, job.target)
+        return out
 
     def _render_pdf(self, source: str, workdir: str, out: str, out_fmt: str, scale: int) -> None:
         # NOTE: a page has no pixel size; render it straight at the requested size with
@@ -756,13 +833,13 @@ class Renderer:
         # guess was off or the name asks for another format.
         page = os.path.join(workdir, "page.png")
         dpi = pdf_resolution(read_pdf_page_size(source), scale)
-        self._call(ghostscript_args(self.tools.gs, source, page, dpi))
+        self._call(ghostscript_args(self.tools.gs, source, page, dpi, pdf_downscale(scale)))
         size = self._check_output(page, "png")
         if out_fmt == "png" and max(size) <= scale:
             os.replace(page, out)
         else:
             self._call(convert_args(self.tools.convert, page, "png", out, out_fmt, scale,
-                                    self.limits))
+                                    self.limits, size))
 
     def _check_output(self, path: str, fmt: str) -> Tuple[int, int]:
         if _free_bytes(os.path.dirname(path)) < DISK_FULL_BYTES:
