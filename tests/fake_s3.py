@@ -35,6 +35,11 @@ class FakeResult:
             self._client.bytes_served += len(data)
         return data
 
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
     def close(self):
         self.closed = True
 

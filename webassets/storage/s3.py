@@ -513,7 +513,12 @@ class S3Store(Store):
                 head = _read_head(result, HEAD_BYTES)
                 check(head)
                 target.write(head)
-            shutil.copyfileobj(result, target, COPY_CHUNK)
+            buffer = bytearray(COPY_CHUNK)  # one buffer for the whole object, no copies
+            view = memoryview(buffer)
+            count = result.readinto(buffer)
+            while count:
+                target.write(view[:count])
+                count = result.readinto(buffer)
             return _info(result.info)
 
     def local_path(self, coll, name, kind=ORIGINAL):
