@@ -443,7 +443,9 @@ class Thumbnailer:
     Within a process, requests for one target share one flight. With `lock_dir` (the same
     directory in every process on the store, e.g. the built-in server's workers), processes
     agree too: a flight's leader takes an flock(2) on one of LOCK_STRIPES files in `lock_dir`
-    before it renders, and skips the render if another process made the thumbnail meanwhile.
+    before it renders, and skips the render if another process made the thumbnail meanwhile
+    (it asks the store again only if the lock file's publication count moved since its
+    request looked: a remote store is asked once per cold thumbnail, not three times).
     With `leases`, instances on other hosts agree as well: the leader takes the store's lease
     on the thumbnail (store.try_lease) before it takes a slot; while another instance holds
     it, the leader waits for the thumbnail to appear (polling every `lease_poll` seconds with
@@ -488,16 +490,16 @@ class Thumbnailer:
 
         A fresh cached thumbnail is opened with the freshness check itself
         (store.open_fresh_thumbnail: one round trip to a remote store); else thumbnail_of()
-        makes it and it is opened with the storage.ReadOptions `options`. Raise what
-        thumbnail_of() raises.
+        makes it (without looking again) and it is opened with the storage.ReadOptions
+        `options`. Raise what thumbnail_of() raises.
         """
         thumb_name = thumbnail_name(name, scale)
-        seen = self._published((coll, thumb_name))  # before the look: see _lead
+        seen = self._published((coll, thumb_name))  # before the look: see _made_meanwhile
         cached, source = store.open_fresh_thumbnail(coll, name, thumb_name, options)
         self.observer.observe_thumbnail(cached is not None)
         if cached is not None:
             return cached, CONTENT_TYPES[output_format(thumb_name)]
-        content_type = self._make(store, coll, name, thumb_name, scale, source, seen)
+        content_type = self.make(store, coll, name, scale, source, seen)
         return store.open(coll, thumb_name, THUMBNAIL, options), content_type
 
     def thumbnail_of(self, store, coll: Optional[str], name: str, scale: int) -> Tuple[str, str]:
@@ -505,26 +507,31 @@ class Thumbnailer:
 
         Return (thumbnail name, content type); the thumbnail is then store.open()-able as a
         storage.THUMBNAIL. The store judges whether its thumbnail is fresh for this version
-        of the original (store.thumbnail_is_fresh); else it is rendered from the store's
-        local_copy() of the original into a scratch directory and published with
-        store.save_thumbnail(). Raise MissingFile (no original), UnknownCollection,
-        UnsafeName and whatever thumbnail() raises.
+        of the original (store.thumbnail_is_fresh); else the flight's leader fetches the
+        original (store.local_original(): its format is checked from its first bytes before
+        the rest is fetched), renders it into a scratch directory and publishes it with
+        store.save_thumbnail(), tagged with the version it fetched. Raise MissingFile (no
+        original), UnknownCollection, UnsafeName and whatever thumbnail() raises.
         """
         thumb_name = thumbnail_name(name, scale)
-        seen = self._published((coll, thumb_name))  # before the look: see _lead
+        seen = self._published((coll, thumb_name))  # before the look: see _made_meanwhile
         source = store.stat(coll, name)
         fresh = store.thumbnail_is_fresh(coll, thumb_name, source)
         self.observer.observe_thumbnail(fresh)
         if fresh:
             return thumb_name, CONTENT_TYPES[output_format(thumb_name)]
-        return thumb_name, self._make(store, coll, name, thumb_name, scale, source, seen)
+        return thumb_name, self.make(store, coll, name, scale, source, seen)
 
-    def _make(self, store, coll: Optional[str], name: str, thumb_name: str, scale: int,
-              source: FileInfo, seen: Optional[int]) -> str:
-        """Render thumbnail `thumb_name` of the original `name` (`source`) found missing or stale.
+    def make(self, store, coll: Optional[str], name: str, scale: int, source: FileInfo,
+             seen: Optional[int] = None) -> str:
+        """Make the thumbnail of original `name` at `scale`, just found missing or stale.
 
-        Return its content type. `seen` is its _published() count from before that look.
+        `source` is the original's FileInfo that look found; `seen` the thumbnail's
+        publication count from before it (None: unknown). Return the content type; raise
+        what thumbnail_of() raises.
         """
+        thumb_name = thumbnail_name(name, scale)
+
         def is_fresh():
             return store.thumbnail_is_fresh(coll, thumb_name, source)
 

@@ -81,18 +81,6 @@ def _made_from(thumbnail, source):
     return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
 
 
-def _read_head(result, size):
-    """Return the first `size` bytes of a GET's body (fewer only at its end)."""
-    chunks, left = [], size
-    while left > 0:
-        chunk = result.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def _answer(obj, status):
     """Return a bodiless StoredFile (304, 416) of the object `obj`."""
     return StoredFile(io.BytesIO(b""), _info(obj), status=status)
@@ -510,7 +498,7 @@ class S3Store(Store):
         with self.client.get(key) as result:
             if check is not None:
                 # Whatever check() raises closes the GET with most of the object unread.
-                head = _read_head(result, HEAD_BYTES)
+                head = result.read(HEAD_BYTES)  # (http.client reads all of it, or to the end)
                 check(head)
                 target.write(head)
             buffer = bytearray(COPY_CHUNK)  # one buffer for the whole object, no copies
