@@ -489,9 +489,9 @@ class Thumbnailer:
         """Return (StoredFile, content type) of the thumbnail of original `name` at `scale`.
 
         A fresh cached thumbnail is opened with the freshness check itself
-        (store.open_fresh_thumbnail: one round trip to a remote store); else thumbnail_of()
-        makes it (without looking again) and it is opened with the storage.ReadOptions
-        `options`. Raise what thumbnail_of() raises.
+        (store.open_fresh_thumbnail: one round trip to a remote store); else make() makes it
+        (without looking again) and it is opened with the storage.ReadOptions `options`.
+        Raise what thumbnail_of() raises.
         """
         thumb_name = thumbnail_name(name, scale)
         seen = self._published((coll, thumb_name))  # before the look: see _made_meanwhile
@@ -526,7 +526,7 @@ class Thumbnailer:
              seen: Optional[int] = None) -> str:
         """Make the thumbnail of original `name` at `scale`, just found missing or stale.
 
-        `source` is the original's FileInfo that look found; `seen` the thumbnail's
+        `source` is the original's FileInfo the look found; `seen` the thumbnail's
         publication count from before it (None: unknown). Return the content type; raise
         what thumbnail_of() raises.
         """
