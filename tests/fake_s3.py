@@ -16,17 +16,29 @@ _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
 
 
 class FakeResult:
-    """What get() returns: status, info, content_range, read(), close()."""
+    """What get() returns: status, info, content_range, read(), close().
 
-    def __init__(self, status, info, data=b"", content_range=None):
+    The bytes read count as served (`client.bytes_served`): a body closed early costs less.
+    """
+
+    def __init__(self, status, info, data=b"", content_range=None, client=None):
         self.status = status
         self.info = info
         self.content_range = content_range
         self._body = io.BytesIO(data)
+        self._client = client
         self.closed = False
 
     def read(self, n=-1):
-        return self._body.read(n)
+        data = self._body.read(n)
+        if self._client is not None:
+            self._client.bytes_served += len(data)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
     def close(self):
         self.closed = True
@@ -74,7 +86,7 @@ class FakeWriter:
 
 
 class FakeS3Client:
-    """A bucket in a dict: {key: (bytes, ObjectInfo)}; counts requests and bytes served.
+    """A bucket in a dict: {key: (bytes, ObjectInfo)}; counts requests and bytes read.
 
     Last-Modified has S3's one-second precision. `fail` may be set to an exception that
     every request raises (an unreachable server).
@@ -129,10 +141,8 @@ class FakeS3Client:
                 first, last = max(0, size - int(match.group(2))), size - 1
             if first >= size or first > last:
                 raise InvalidRange(416, "InvalidRange", "not satisfiable", key=key)
-            self.bytes_served += last - first + 1
-            return FakeResult(206, info, data[first:last + 1], (first, last, size))
-        self.bytes_served += len(data)
-        return FakeResult(200, info, data)
+            return FakeResult(206, info, data[first:last + 1], (first, last, size), self)
+        return FakeResult(200, info, data, client=self)
 
     def get_bytes(self, key, start, end):
         with self.get(key, range="bytes=%d-%d" % (start, end)) as result:

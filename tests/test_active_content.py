@@ -182,15 +182,13 @@ def test_static_serves_under_the_same_policy(app):
 class PNGThumbnailer(thumbnails.Thumbnailer):
     """A thumbnail engine that writes the PNG sample: type=T is always an image we made."""
 
-    def thumbnail_of(self, store, coll, name, scale):
-        store.stat(coll, name)  # MissingFile as the real engine
-        thumb_name = thumbnails.thumbnail_name(name, scale)
+    def make(self, store, coll, name, scale, source, seen=None):
         with tempfile.TemporaryDirectory() as scratch:
             rendered = os.path.join(scratch, "thumbnail")
             with open(rendered, "wb") as handle:
                 handle.write(samples.png())
-            store.save_thumbnail(coll, thumb_name, rendered)
-        return thumb_name, "image/png"
+            store.save_thumbnail(coll, thumbnails.thumbnail_name(name, scale), rendered, source)
+        return "image/png"
 
 
 @pytest.mark.parametrize("name", ["page.html", "scan.pdf", "photo.jpg"])

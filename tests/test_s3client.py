@@ -55,6 +55,10 @@ def test_put_head_get_delete(client):
         assert (result.status, result.info.size, result.content_range) == (200, 11, None)
         assert result.info.etag == etag
         assert result.read() == b"hello world"
+    buffer = bytearray(8)
+    with client.get("a.txt") as result:
+        assert [result.readinto(buffer) for _ in range(3)] == [8, 3, 0]
+        assert bytes(buffer) == b"rldlo wo"
     client.delete("a.txt")
     with pytest.raises(NoSuchKey) as caught:
         client.head("a.txt")

@@ -9,13 +9,14 @@ import time
 import pytest
 
 from tests.fake_s3 import FakeS3Client
-from tests.fakes import FakeRenderer, fake_thumbnailer, storm
+from tests.fakes import FakeClock, FakeRenderer, fake_thumbnailer, storm
 from tests.helpers import call, make_settings, put, upload
 from tests.stores import S3Backend
 from webassets import admin, check, migrate, samples, storage
 from webassets.__main__ import main
 from webassets.app import create_app
 from webassets.storage import FileStore, factory
+from webassets.storage.s3 import PROBE_TTL, S3Store
 from webassets.storage.s3client import S3Unavailable
 
 COLLECTION_DIRS = {"Fish": "fish", "Fish Tissue": "fish", "Birds": "birds"}
@@ -184,10 +185,12 @@ def test_check_screen_warns_when_conditional_writes_are_ignored(tmp_path):
 
 def test_readyz_checks_the_bucket(tmp_path):
     settings = make_settings(tmp_path, CAN_THUMBNAIL=[], **FAKE)
-    client = FakeS3Client()
-    app = create_app(settings, store=factory.open_store(settings, client=client))
+    client, clock = FakeS3Client(), FakeClock(0.0)
+    app = create_app(settings, store=S3Store(client, clock=clock))
     assert call(app, "GET", "/readyz").status == 200
     client.fail = S3Unavailable(0, "ConnectionError", "connection refused")
+    assert call(app, "GET", "/readyz").status == 200  # a pass is trusted for a while
+    clock.now += PROBE_TTL
     down = call(app, "GET", "/readyz")
     assert down.status == 503 and b"store" in down.body
     assert call(app, "GET", "/healthz").status == 200

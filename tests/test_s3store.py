@@ -11,17 +11,18 @@ import sys
 import pytest
 
 from tests.fake_s3 import FakeS3Client
-from tests.fakes import ASCII, FakeInput, tiff_block, with_exif
+from tests.fakes import ASCII, FakeClock, FakeInput, fake_thumbnailer, tiff_block, with_exif
 from tests.helpers import (COLL, DATE, SP7_BOUNDARY, U6, U7, make_settings, multipart_body,
                            needs_convert, sp6_upload, sp7_upload)
 from tests.stores import S3Backend, store_snapshot
 from tests.test_protocol import (build, fileget, pseudo_random, put, put_ok, raw_post, req,
                                  thumb, T)
-from webassets import config, storage
+from webassets import config, samples, storage
 from webassets.app import create_app
 from webassets.exitcodes import EXIT_CONFIG
 from webassets.storage import StagedFile, factory
-from webassets.storage.s3 import READ_AHEAD_MIN, SOURCE_ETAG, RangedReader, S3Store
+from webassets.storage.s3 import PROBE_TTL, READ_AHEAD_MIN, SOURCE_ETAG, RangedReader, S3Store
+from webassets.storage.s3client import S3Unavailable
 from webassets.thumbnails import thumbnail_name
 
 Usage = collections.namedtuple("Usage", "total used free")
@@ -187,8 +188,9 @@ def test_name_changed_after_the_file_is_refused(app):
 @needs_convert
 def test_thumbnail_follows_its_original(app, images):
     put_ok(app, U7, images["jpeg"])
+    before = requests(app)
     first = thumb(app, U7, 64)
-    assert first.status == 200
+    assert first.status == 200 and delta(app, before) == COLD
     query = {"coll": COLL, "type": "T", "filename": U7, "scale": "64"}
     thumb_name = thumbnail_name(U7, 64)
     etag = app.store.stat(COLL, U7).etag
@@ -204,6 +206,72 @@ def test_thumbnail_follows_its_original(app, images):
     put_ok(app, U7, images["small"])
     again = req(app, "GET", "/fileget", query, headers=held)
     assert again.status == 200 and again.body != first.body
+
+
+# What a cold thumbnail costs: the thumbnail's GET (a miss) and the original's HEAD, sent
+# together; one GET of the original (its format checked from its first bytes, its ETag the
+# thumbnail's source tag); the thumbnail's PUT; the GET that serves it.
+COLD = {"get": 3, "head": 1, "put": 1}
+CACHED = {"get": 1, "head": 1}  # the thumbnail's GET and the original's HEAD, together
+
+
+def fake_app(tmp_path, **options):
+    """Return an app on S3Store over a FakeS3Client, with fake converters and a lock dir."""
+    settings = make_settings(tmp_path, STORAGE="s3", S3_BUCKET="b")
+    return create_app(settings, store=factory.open_store(settings, client=FakeS3Client()),
+                      thumbnailer=fake_thumbnailer(lock_dir=str(tmp_path / "locks"), **options))
+
+
+def counted(app, call):
+    """Return (call(), the S3 requests it made as {operation: count})."""
+    before = collections.Counter(app.store.client.requests)
+    result = call()
+    return result, dict(app.store.client.requests - before)
+
+
+@pytest.mark.parametrize("leases, cold", [
+    (False, COLD),
+    # THUMBNAIL_LEASES adds the lease's PUT (If-None-Match: *), a look under it (HEAD) and
+    # its release (GET, DELETE).
+    (True, {"get": 4, "head": 2, "put": 2, "delete": 1})])
+def test_thumbnail_requests_cold_and_cached(tmp_path, leases, cold):
+    app = fake_app(tmp_path, leases=leases)
+    put_ok(app, U7, samples.png())
+    res, made = counted(app, lambda: thumb(app, U7, 64))
+    assert res.status == 200 and made == cold
+    assert len(app.thumbnailer.renderer.calls) == 1
+    meta = app.store.client.head(app.store.key(COLL, thumbnail_name(U7, 64), "thumbnail"))
+    assert meta.metadata[SOURCE_ETAG] == app.store.stat(COLL, U7).etag.strip('"')
+    again, made = counted(app, lambda: thumb(app, U7, 64))
+    assert (again.body, again.header("ETag"), made) == (res.body, res.header("ETag"), CACHED)
+    assert again.header("Last-Modified") == res.header("Last-Modified")
+
+
+def test_an_original_that_is_no_image_is_not_downloaded(tmp_path):
+    app = fake_app(tmp_path)
+    put_ok(app, U7, pseudo_random(1 << 20, 5))
+    served = app.store.client.bytes_served
+    res, made = counted(app, lambda: thumb(app, U7, 64))
+    assert res.status == 404 and made == {"get": 2, "head": 1}
+    assert app.store.client.bytes_served - served <= storage.HEAD_BYTES
+    assert app.thumbnailer.renderer.calls == []
+
+
+def test_a_thumbnail_published_meanwhile_is_not_made_again(tmp_path, monkeypatch):
+    """Another process on the lock dir publishes it between a request's look and its flight."""
+    app = fake_app(tmp_path)
+    other = fake_thumbnailer(lock_dir=str(tmp_path / "locks"))
+    put_ok(app, U7, samples.png())
+    look = app.store.open_fresh_thumbnail
+
+    def look_then_other_publishes(coll, name, thumb_name, options=None):
+        found = look(coll, name, thumb_name, options)
+        other.thumbnail_of(app.store, coll, name, 64)
+        return found
+
+    monkeypatch.setattr(app.store, "open_fresh_thumbnail", look_then_other_publishes)
+    assert thumb(app, U7, 64).status == 200
+    assert (len(other.renderer.calls), app.thumbnailer.renderer.calls) == (1, [])
 
 
 # ---------------------------------------------------------------------------- EXIF
@@ -256,6 +324,36 @@ def test_describe_problem_and_free_space(s3_server):
     assert rows[0][0] == "ok" and "birds/originals/" in rows[-1][1]  # after the access rows
     denied = S3Store(s3_server.client(bucket, secret_key="wrong", retries=0), "p/")
     assert "cannot write to" in denied.problem()
+
+
+def test_problem_trusts_a_passing_probe_for_a_while(tmp_path):
+    client, clock = FakeS3Client(), FakeClock(100.0)
+    store = S3Store(client, "p/", clock=clock)
+
+    def writes():
+        return client.requests["put"]
+
+    assert store.problem() is None and dict(client.requests) == {"put": 1, "delete": 1}
+    clock.now += PROBE_TTL - 1
+    assert store.problem() is None and writes() == 1
+    clock.now += 1
+    assert store.problem() is None and writes() == 2
+    clock.now += PROBE_TTL
+    client.fail = S3Unavailable(0, "ConnectionError", "connection refused")
+    assert "cannot write to" in store.problem()
+    assert "cannot write to" in store.problem()  # a failure is never remembered
+    assert client.stats.snapshot()["errors"] == {"ConnectionError": 2}
+    client.fail = None
+    assert store.problem() is None and writes() == 3
+    store.describe()  # `webassets check` writes for real, whatever problem() knows
+    assert writes() == 5  # the probe object and the conditional write
+
+
+def test_readiness_probes_write_once_in_a_while(tmp_path):
+    app = fake_app(tmp_path)
+    for _ in range(3):
+        req(app, "GET", "/readyz")
+    assert app.store.client.requests["put"] == 1
 
 
 def test_unreachable_bucket_is_503_and_denied_is_502(tmp_path):

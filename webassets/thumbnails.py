@@ -79,6 +79,7 @@ DEFAULT_RESOURCE_LIMITS = (("memory", "512MiB"), ("map", "1GiB"), ("disk", "4GiB
                            ("area", "128MP"), ("width", "64KP"), ("height", "64KP"))
 PROBE_TIMEOUT = 20
 LOCK_STRIPES = 64  # lock files in lock_dir; targets share them by a hash of their path
+COUNT_BYTES = 8  # a lock file holds how many thumbnails of its stripe were published
 STDERR_LOG_CHARS = 2000
 # A failed render on a filesystem with less free space than this is put down to a full disk.
 DISK_FULL_BYTES = 1024 * 1024
@@ -400,13 +401,16 @@ class NullObserver:
 
 
 class _Want(collections.namedtuple(
-        "_Want", "key failure_key mtime_ns name scale is_fresh render store lease_key")):
+        "_Want", "key failure_key mtime_ns name scale is_fresh render store lease_key seen")):
     """One thumbnail asked for: when it is fresh, and how to render and publish it.
 
     `key` names the thumbnail (single flight, the cross-process lock); `failure_key` the
     source version and scale, so a new upload under the same name (new mtime) is tried again
-    at once. `is_fresh()` judges the published thumbnail; `render(job)` makes and publishes it.
+    at once. `is_fresh()` judges the published thumbnail; `render(job, convert)` makes and
+    publishes it, running the conversion itself as convert(job, work) (timed and reported).
     `store` (None: no leases) holds the lease `lease_key` while one instance renders it.
+    `seen` is key's publication count (Thumbnailer._published) from before the request
+    found the thumbnail missing, None if unknown.
     """
 
     __slots__ = ()
@@ -439,7 +443,9 @@ class Thumbnailer:
     Within a process, requests for one target share one flight. With `lock_dir` (the same
     directory in every process on the store, e.g. the built-in server's workers), processes
     agree too: a flight's leader takes an flock(2) on one of LOCK_STRIPES files in `lock_dir`
-    before it renders, and skips the render if another process made the thumbnail meanwhile.
+    before it renders, and skips the render if another process made the thumbnail meanwhile
+    (it asks the store again only if the lock file's publication count moved since its
+    request looked: a remote store is asked once per cold thumbnail, not three times).
     With `leases`, instances on other hosts agree as well: the leader takes the store's lease
     on the thumbnail (store.try_lease) before it takes a slot; while another instance holds
     it, the leader waits for the thumbnail to appear (polling every `lease_poll` seconds with
@@ -483,16 +489,17 @@ class Thumbnailer:
         """Return (StoredFile, content type) of the thumbnail of original `name` at `scale`.
 
         A fresh cached thumbnail is opened with the freshness check itself
-        (store.open_fresh_thumbnail: one round trip to a remote store); else thumbnail_of()
-        makes it and it is opened with the storage.ReadOptions `options`. Raise what
-        thumbnail_of() raises.
+        (store.open_fresh_thumbnail: one round trip to a remote store); else make() makes it
+        (without looking again) and it is opened with the storage.ReadOptions `options`.
+        Raise what thumbnail_of() raises.
         """
         thumb_name = thumbnail_name(name, scale)
-        cached = store.open_fresh_thumbnail(coll, name, thumb_name, options)
+        seen = self._published((coll, thumb_name))  # before the look: see _made_meanwhile
+        cached, source = store.open_fresh_thumbnail(coll, name, thumb_name, options)
+        self.observer.observe_thumbnail(cached is not None)
         if cached is not None:
-            self.observer.observe_thumbnail(True)
             return cached, CONTENT_TYPES[output_format(thumb_name)]
-        thumb_name, content_type = self.thumbnail_of(store, coll, name, scale)
+        content_type = self.make(store, coll, name, scale, source, seen)
         return store.open(coll, thumb_name, THUMBNAIL, options), content_type
 
     def thumbnail_of(self, store, coll: Optional[str], name: str, scale: int) -> Tuple[str, str]:
@@ -500,34 +507,52 @@ class Thumbnailer:
 
         Return (thumbnail name, content type); the thumbnail is then store.open()-able as a
         storage.THUMBNAIL. The store judges whether its thumbnail is fresh for this version
-        of the original (store.thumbnail_is_fresh); else it is rendered from the store's
-        local_copy() of the original into a scratch directory and published with
-        store.save_thumbnail(). Raise MissingFile (no original), UnknownCollection,
-        UnsafeName and whatever thumbnail() raises.
+        of the original (store.thumbnail_is_fresh); else the flight's leader fetches the
+        original (store.local_original(): its format is checked from its first bytes before
+        the rest is fetched), renders it into a scratch directory and publishes it with
+        store.save_thumbnail(), tagged with the version it fetched. Raise MissingFile (no
+        original), UnknownCollection, UnsafeName and whatever thumbnail() raises.
         """
         thumb_name = thumbnail_name(name, scale)
+        seen = self._published((coll, thumb_name))  # before the look: see _made_meanwhile
         source = store.stat(coll, name)
+        fresh = store.thumbnail_is_fresh(coll, thumb_name, source)
+        self.observer.observe_thumbnail(fresh)
+        if fresh:
+            return thumb_name, CONTENT_TYPES[output_format(thumb_name)]
+        return thumb_name, self.make(store, coll, name, scale, source, seen)
+
+    def make(self, store, coll: Optional[str], name: str, scale: int, source: FileInfo,
+             seen: Optional[int] = None) -> str:
+        """Make the thumbnail of original `name` at `scale`, just found missing or stale.
+
+        `source` is the original's FileInfo the look found; `seen` the thumbnail's
+        publication count from before it (None: unknown). Return the content type; raise
+        what thumbnail_of() raises.
+        """
+        thumb_name = thumbnail_name(name, scale)
 
         def is_fresh():
             return store.thumbnail_is_fresh(coll, thumb_name, source)
 
-        def render(job):
-            # Only the flight's leader fetches the original (a download, from a remote store).
-            with store.local_copy(coll, name) as path:
-                job = job._replace(source=os.path.abspath(path))
-                self._render_and_save(store, coll, thumb_name, job, source)
+        def render(job, convert):
+            # Only the flight's leader fetches the original (a download, from a remote store),
+            # and inspects it: the format from its first bytes, before the rest is fetched.
+            with store.local_original(coll, name, self.check_format) as (path, fetched):
+                fmt, size = self.inspect(path)
+                # The version fetched is what the thumbnail is tagged with (and dated after).
+                job = job._replace(source=os.path.abspath(path), fmt=fmt, size=size,
+                                   mtime_ns=fetched.mtime_ns)
+                convert(job, lambda: self._render_and_save(store, coll, thumb_name, job,
+                                                           fetched))
 
         lease_key = ("thumbnail " + store.static_name(coll, thumb_name, THUMBNAIL)
                      if self.leases else None)
         # The ETag names the version (a local store's is made of the mtime and size).
         want = _Want((coll, thumb_name), (coll, name, source.etag, scale), source.mtime_ns,
                      thumb_name, scale, is_fresh, render, store if self.leases else None,
-                     lease_key)
-        if self._check_fresh(want):
-            return thumb_name, want.content_type
-        with store.open(coll, name) as original:  # seekable: a few ranged reads when remote
-            fmt, size = self.inspect_file(original)
-        return thumb_name, self._ensure(want, Job(None, fmt, size, want.mtime_ns, None, scale))
+                     lease_key, seen)
+        return self._ensure(want, Job(None, None, None, want.mtime_ns, None, scale))
 
     def thumbnail(self, source_path: str, target_path: str, scale: int) -> str:
         """Ensure `target_path` holds a thumbnail of `source_path`; return its content type.
@@ -539,32 +564,28 @@ class Thumbnailer:
         mtime_ns = os.stat(source_path).st_mtime_ns
         target_path = os.path.abspath(target_path)
 
-        def render(job):
-            self.renderer.render(job._replace(target=target_path))
+        def render(job, convert):
+            convert(job, lambda: self.renderer.render(job._replace(target=target_path)))
 
         want = _Want(target_path, (os.path.abspath(source_path), mtime_ns, scale), mtime_ns,
                      target_path, scale, lambda: _is_fresh(target_path, mtime_ns), render,
-                     None, None)
-        if self._check_fresh(want):
+                     None, None, None)
+        fresh = want.is_fresh()
+        self.observer.observe_thumbnail(fresh)
+        if fresh:
             return want.content_type
         fmt, size = self.inspect(source_path)
         return self._ensure(want, Job(os.path.abspath(source_path), fmt, size, mtime_ns, None,
                                       scale))
 
-    def _check_fresh(self, want: "_Want") -> bool:
-        """Tell (and report) whether the wanted thumbnail is already fresh."""
-        fresh = want.is_fresh()
-        self.observer.observe_thumbnail(fresh)
-        return fresh
-
     def _ensure(self, want: "_Want", job: Job) -> str:
-        """Render a stale thumbnail once per key (single flight); return its content type."""
+        """Render a stale thumbnail once per key (single flight); return its content type.
+
+        The leader looks at the thumbnail again under the process lock (see _lead), not here
+        under the engine's lock: that look may be a round trip to a remote store.
+        """
         with self._lock:
             self._raise_remembered_failure(want.failure_key)
-            # NOTE: a stat under the engine's lock: cheap on a local disk; a remote store
-            # should drop this check (the leader checks again under the process lock).
-            if want.is_fresh():
-                return want.content_type
             flight = self._flights.get(want.key)
             leader = flight is None
             if leader:
@@ -612,16 +633,24 @@ class Thumbnailer:
 
     def inspect_file(self, f) -> Tuple[str, Optional[Tuple[int, int]]]:
         """Return what inspect() does, of an open seekable binary file at its start."""
-        fmt = sniff_format(f.read(SNIFF_BYTES))
+        fmt = self.check_format(f.read(SNIFF_BYTES))
+        size = read_dimensions(f, fmt)
+        _check_pixels(size, fmt, self.max_pixels)
+        return fmt, size
+
+    def check_format(self, head: bytes) -> str:
+        """Return the format of a file starting with `head`, if allowed and supported here.
+
+        Raise NotThumbnailable otherwise.
+        """
+        fmt = sniff_format(head[:SNIFF_BYTES])
         if fmt is None:
             raise NotThumbnailable("not a thumbnailable image or PDF")
         if self.can_thumbnail is not None and INPUTS[fmt][1] not in self.can_thumbnail:
             raise NotThumbnailable("%s thumbnails are disabled" % INPUTS[fmt][1])
         if not self.formats().get(fmt):
             raise NotThumbnailable("no %s converter on this server" % fmt.upper())
-        size = read_dimensions(f, fmt)
-        _check_pixels(size, fmt, self.max_pixels)
-        return fmt, size
+        return fmt
 
     @property
     def pending(self) -> int:
@@ -657,12 +686,13 @@ class Thumbnailer:
     def _lead(self, flight: _Flight, want: "_Want", job: Job) -> None:
         try:
             # The lock comes before the slot: waiting for another process holds no slot.
-            with self._process_lock(want.key):
-                if not want.is_fresh():  # else another process made it
+            with self._process_lock(want.key) as lock:
+                if not self._made_meanwhile(want, lock):
                     with self._lease(want) as render:
                         if render:  # else another instance made it
                             with self._slots:
-                                self._convert(want, job)
+                                want.render(job, self._convert)
+                            _count_publication(lock)
         except BaseException as ex:
             flight.error = ex
             # A full disk is the store's fault, not the file's: try again once there is room.
@@ -675,12 +705,49 @@ class Thumbnailer:
                 self._pending -= 1
             flight.done.set()
 
-    def _convert(self, want: "_Want", job: Job) -> None:
+    def _made_meanwhile(self, want: "_Want", lock: Optional[int]) -> bool:
+        """Tell whether the thumbnail is fresh now, under the process lock `lock` (a fd).
+
+        Another thread or process made it since the request looked, or it did not: if the
+        lock file's publication count is still what the request read before it looked,
+        nobody on this lock_dir published since (no need to ask the store again).
+        """
+        if lock is not None and want.seen is not None and _read_count(lock) == want.seen:
+            return False
+        return want.is_fresh()
+
+    def _published(self, key) -> Optional[int]:
+        """Return the publication count of `key`'s lock file; None without lock_dir.
+
+        Read before a request looks for the thumbnail (see _made_meanwhile). Every key of
+        the stripe counts: another key's publication only costs one more look.
+        """
+        if self.lock_dir is None or fcntl is None:
+            return None
+        try:
+            fd = os.open(self._lock_path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            return None
+        try:
+            return _read_count(fd)
+        finally:
+            os.close(fd)
+
+    def _lock_path(self, key) -> str:
+        """Return the lock file of `key`'s stripe in lock_dir."""
+        # NOTE: crc32, not hash(): every process must pick the same stripe for a key.
+        stripe = zlib.crc32(str(key).encode("utf-8", "surrogateescape")) % LOCK_STRIPES
+        return os.path.join(self.lock_dir, "%02d" % stripe)
+
+    def _convert(self, job: Job, work: Callable[[], None]) -> None:
+        """Run work(), the conversion of `job`: timed, reported and averaged (Busy's estimate)."""
         started = self._clock()
         self.observer.conversion_started()
         ok = False
         try:
-            want.render(job)
+            work()
             ok = True
         finally:
             elapsed = self._clock() - started
@@ -689,19 +756,20 @@ class Thumbnailer:
 
     @contextlib.contextmanager
     def _process_lock(self, key):
-        """Hold `key`'s striped lock file in lock_dir (no-op without one); raise OSError."""
+        """Hold `key`'s striped lock file in lock_dir; yield its fd (None without lock_dir).
+
+        Raise OSError.
+        """
         if self.lock_dir is None or fcntl is None:
-            yield
+            yield None
             return
-        # NOTE: crc32, not hash(): every process must pick the same stripe for a key.
-        stripe = zlib.crc32(str(key).encode("utf-8", "surrogateescape")) % LOCK_STRIPES
         os.makedirs(self.lock_dir, exist_ok=True)
-        fd = os.open(os.path.join(self.lock_dir, "%02d" % stripe), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             # Each call opens its own descriptor, so threads of one process exclude each
             # other too; the lock goes with the descriptor, even if the process dies.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield fd
         finally:
             os.close(fd)
 
@@ -917,6 +985,19 @@ def _is_fresh(target_path: str, source_mtime_ns: int) -> bool:
                               FileInfo(0, source_mtime_ns))
     except FileNotFoundError:
         return False
+
+
+def _read_count(fd: int) -> int:
+    """Return the publication count a lock file holds (0 when empty)."""
+    # NOTE: read without the lock by _published: a torn read only costs one more look.
+    return int.from_bytes(os.pread(fd, COUNT_BYTES, 0), "little")
+
+
+def _count_publication(fd: Optional[int]) -> None:
+    """Add one to the publication count of a lock file held with flock (no-op for None)."""
+    if fd is not None:
+        count = (_read_count(fd) + 1) % (1 << (8 * COUNT_BYTES))
+        os.pwrite(fd, count.to_bytes(COUNT_BYTES, "little"), 0)
 
 
 def _safe_source(source: str, workdir: str) -> str:

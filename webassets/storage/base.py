@@ -1,5 +1,6 @@
 """The store's interface: files keyed by (collection, kind, name), with its errors."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ RENDER_PREFIX = ".thumb-"  # a thumbnail being rendered (a directory, thumbnails
 TEMP_SUFFIX = ".tmp"
 TEMP_PREFIXES = (UPLOAD_PREFIX, RENDER_PREFIX)
 COPY_CHUNK = 1024 * 1024
+HEAD_BYTES = 4096  # what Store.local_original's `check` sees before the rest is fetched
 NOT_A_FILE = "not a regular file"  # Listed.problem of directories, sockets, dangling links
 
 
@@ -397,16 +399,17 @@ class Store:
     def open_fresh_thumbnail(self, coll, name, thumb_name, options=None):
         """Open thumbnail `thumb_name` (as open()) if it is fresh for the original `name` now.
 
-        Return None if it is absent or stale; MissingFile if the original is. A remote store
-        overrides it to ask for both at once.
+        Return (StoredFile or None if the thumbnail is absent or stale, the original's
+        FileInfo); MissingFile if the original is missing. A remote store overrides it to ask
+        for both at once.
         """
         source = self.stat(coll, name)
         if not self.thumbnail_is_fresh(coll, thumb_name, source):
-            return None
+            return None, source
         try:
-            return self.open(coll, thumb_name, THUMBNAIL, options)
+            return self.open(coll, thumb_name, THUMBNAIL, options), source
         except MissingFile:
-            return None  # deleted since: make it again
+            return None, source  # deleted since: make it again
 
     def thumbnail_is_fresh(self, coll, name, source):
         """Tell whether thumbnail `name` exists and was made from the original `source`.
@@ -444,6 +447,23 @@ class Store:
         The path is valid inside the `with` only; MissingFile if there is no such file.
         """
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def local_original(self, coll, name, check=None):
+        """Yield (local path, FileInfo) of the original `name`: the version to make thumbnails of.
+
+        The FileInfo is what save_thumbnail() records as the thumbnail's source. `check`, if
+        given, is called with the file's first HEAD_BYTES bytes (fewer if it is shorter)
+        before the rest is fetched; what it raises stops the fetch and leaves this. The path
+        is valid inside the `with` only; MissingFile if there is no such original. A remote
+        store overrides it to learn both from one download.
+        """
+        source = self.stat(coll, name)
+        with self.local_copy(coll, name) as path:
+            if check is not None:
+                with open(path, "rb") as copy:
+                    check(copy.read(HEAD_BYTES))
+            yield path, source
 
     def local_path(self, coll, name, kind=ORIGINAL):
         """Return the file's own local path (it may not exist), or None for a remote store."""

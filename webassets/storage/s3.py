@@ -15,10 +15,10 @@ import threading
 import time
 import uuid
 
-from .base import (COPY_CHUNK, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL, UPLOAD_PREFIX,
-                   BadUpload, FileInfo, Lease, Listed, MissingFile, Store, StoredFile,
-                   StoreFailed, StoreUnavailable, Unfinished, check_name, lease_body,
-                   lease_holder, lease_name)
+from .base import (COPY_CHUNK, HEAD_BYTES, ORIGINAL, TEMP_PREFIXES, TEMP_SUFFIX, THUMBNAIL,
+                   UPLOAD_PREFIX, BadUpload, FileInfo, Lease, Listed, MissingFile, Store,
+                   StoredFile, StoreFailed, StoreUnavailable, Unfinished, check_name,
+                   lease_body, lease_holder, lease_name)
 from .filesystem import StagedFile
 from .layout import Layout
 from .s3client import (DEFAULT_PART_SIZE, InvalidRange, NoSuchKey, PreconditionFailed, S3Error,
@@ -36,6 +36,7 @@ SPOOL_RESERVE = 64 * 1024 * 1024  # free space S3_SPOOL_DIR keeps beyond an uplo
 POOL_THREADS = 8  # requests sent alongside a request's own (each thread keeps its connection)
 LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
 PROBE = b"webassets check"  # what `check` writes, reads back and deletes
+PROBE_TTL = 30.0  # seconds problem() trusts a passing probe (readiness probes come every few)
 CLOCK_WARN_SECONDS = 30  # `check` warns about a clock this far off the server's
 SUB_PREFIX = "key below a sub-prefix"  # Listed.problem: originals/a/b.jpg is never served
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?\Z')  # a single-part, unencrypted object's ETag
@@ -208,7 +209,8 @@ class S3Store(Store):
     remote = True
 
     def __init__(self, client, prefix="", orig_dir="originals", thumb_dir="thumbnails",
-                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE, spool_dir=None):
+                 collection_dirs=None, label=None, part_size=DEFAULT_PART_SIZE, spool_dir=None,
+                 clock=time.monotonic):
         self.client = client
         self.prefix = prefix
         self.layout = Layout(orig_dir, thumb_dir, collection_dirs)
@@ -218,6 +220,8 @@ class S3Store(Store):
         self.spool_dir = spool_dir  # S3_SPOOL_DIR: where Specify 7's uploads wait for a name
         self._executor = None
         self._pool_lock = threading.Lock()
+        self._clock = clock  # monotonic: when problem()'s probe last passed
+        self._probe_passed = None
 
     # -- keys
 
@@ -257,11 +261,20 @@ class S3Store(Store):
         self.client.delete(key)
 
     def problem(self):
-        """Return why an object cannot be written and deleted under the prefix, or None."""
+        """Return why an object cannot be written and deleted under the prefix, or None.
+
+        A passing probe (a PUT and a DELETE) is trusted for PROBE_TTL seconds, so readiness
+        probes every second cost one write per PROBE_TTL; a failure is never remembered.
+        """
+        passed = self._probe_passed
+        if passed is not None and 0 <= self._clock() - passed < PROBE_TTL:
+            return None
         try:
             self._probe()
         except (StoreFailed, StoreUnavailable, MissingFile) as ex:
+            self._probe_passed = None
             return "cannot write to %s: %s" % (self.label, ex)
+        self._probe_passed = self._clock()
         return None
 
     def describe(self):
@@ -418,8 +431,8 @@ class S3Store(Store):
         """Open thumbnail `thumb_name` if it was made from the original `name` as it is now.
 
         One round trip: the original's HEAD (on a thread of the pool) and the thumbnail's
-        GET go out together. Return None if the thumbnail is absent or stale; MissingFile
-        if the original is.
+        GET go out together. Return (StoredFile or None if the thumbnail is absent or stale,
+        the original's FileInfo); MissingFile if the original is missing.
         """
         source = self._pool().submit(self.client.head, self.key(coll, name))
         try:
@@ -433,14 +446,14 @@ class S3Store(Store):
                 thumbnail.close()
             raise
         if thumbnail is None:
-            return None
+            return None, original
         if obj is None or SOURCE_ETAG not in (obj.metadata or {}):
             # A 304 or 416 may come without the x-amz-meta headers.
             obj = self.client.head(self.key(coll, thumb_name, THUMBNAIL))
         if not _made_from(obj, original):
             thumbnail.close()
-            return None
-        return thumbnail
+            return None, original
+        return thumbnail, original
 
     def _pool(self):
         """Return the threads that send a request alongside another one.
@@ -456,19 +469,45 @@ class S3Store(Store):
     @contextlib.contextmanager
     def local_copy(self, coll, name, kind=ORIGINAL):
         """Yield the path of a temporary file holding the object (streamed); MissingFile."""
-        key = self.key(coll, name, kind)
+        with self._downloaded(self.key(coll, name, kind)) as (path, _):
+            yield path
+
+    @contextlib.contextmanager
+    def local_original(self, coll, name, check=None):
+        """Yield (temporary local path, FileInfo) of the original from one GET (see Store).
+
+        The FileInfo (its ETag) is the GET's own: exactly the version of the bytes fetched.
+        """
+        with self._downloaded(self.key(coll, name), check) as fetched:
+            yield fetched
+
+    @contextlib.contextmanager
+    def _downloaded(self, key, check=None):
+        """Yield (path, FileInfo) of a temporary file holding the object; MissingFile."""
         fd, path = tempfile.mkstemp(prefix="webassets-s3-copy-")
         try:
             with os.fdopen(fd, "wb") as copy:
-                self._download(key, copy)
-            yield path
+                info = self._download(key, copy, check)
+            yield path, info
         finally:
             os.unlink(path)
 
     @_s3_errors
-    def _download(self, key, target):
+    def _download(self, key, target, check=None):
+        """Stream the object into `target`; return its FileInfo. `check` sees its head first."""
         with self.client.get(key) as result:
-            shutil.copyfileobj(result, target, COPY_CHUNK)
+            if check is not None:
+                # Whatever check() raises closes the GET with most of the object unread.
+                head = result.read(HEAD_BYTES)  # (http.client reads all of it, or to the end)
+                check(head)
+                target.write(head)
+            buffer = bytearray(COPY_CHUNK)  # one buffer for the whole object, no copies
+            view = memoryview(buffer)
+            count = result.readinto(buffer)
+            while count:
+                target.write(view[:count])
+                count = result.readinto(buffer)
+            return _info(result.info)
 
     def local_path(self, coll, name, kind=ORIGINAL):
         """Return None: objects have no local path (FILE_OFFLOAD has nothing to hand over)."""

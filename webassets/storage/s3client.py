@@ -215,11 +215,24 @@ class GetResult:
 
     def read(self, size=-1):
         """Read up to `size` bytes of the body (all of the rest with -1); b"" at the end."""
+        if size is None or size < 0:
+            return self._reading(lambda response: response.read(), b"")
+        return self._reading(lambda response: response.read(size), b"")
+
+    def readinto(self, buffer):
+        """Read up to len(buffer) bytes of the body into `buffer`; return how many (0: the end).
+
+        No new bytes object per read: what a download into a file uses.
+        """
+        return self._reading(lambda response: response.readinto(buffer), 0)
+
+    def _reading(self, read, at_end):
+        """Return read(response), or `at_end` once the body is done; S3Unavailable."""
         response = self._reply.response if self._reply else None
         if response is None:
-            return b""
+            return at_end
         try:
-            data = response.read() if size is None or size < 0 else response.read(size)
+            data = read(response)
         except (OSError, http.client.HTTPException) as ex:
             self._reply.response.close()
             self._reply.release()
