@@ -50,7 +50,9 @@ class S3Backend(LocalBackend):
         return {"STORAGE": "s3", "S3_BUCKET": self.bucket, "S3_ENDPOINT": server.endpoint,
                 "S3_REGION": server.region, "S3_ACCESS_KEY": server.access_key,
                 "S3_SECRET_KEY": server.secret_key, "S3_ADDRESSING": "path",
-                "S3_PREFIX": "t-%s/" % uuid.uuid4().hex[:12], "S3_PART_SIZE": SMALL_PART}
+                "S3_PREFIX": "t-%s/" % uuid.uuid4().hex[:12], "S3_PART_SIZE": SMALL_PART,
+                # The diskless path (a temporary key, then a copy); spooling has its own tests.
+                "S3_SPOOL_DIR": None}
 
 
 def app_on(backend, base_dir, clock=time.time, tools=None, **overrides):

@@ -171,6 +171,24 @@ def test_spool_without_room_copies_in_the_bucket(spooling, monkeypatch):
     assert fileget(app, U7).body == b"no room for this and 64 MiB more"
 
 
+def test_auto_spool_dir_is_a_disk_directory_never_a_tmpfs(tmp_path):
+    disk, memory = tmp_path / "disk", tmp_path / "memory"
+    disk.mkdir()
+    memory.mkdir()
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n"
+                      "tmpfs %s tmpfs rw 0 0\n" % str(memory).replace(" ", "\\040"))
+    candidates = (str(tmp_path / "missing"), str(memory), str(disk))
+    assert factory.spool_dir("auto", candidates, str(mounts)) == str(disk)
+    assert factory.spool_dir("auto", candidates[:2], str(mounts)) is None
+    # Unknown filesystem (no /proc/mounts): no spool, rather than one that may be memory.
+    assert factory.spool_dir("auto", candidates, str(tmp_path / "no-mounts")) is None
+    assert factory.spool_dir(None, candidates, str(mounts)) is None
+    assert factory.spool_dir(str(memory), candidates, str(mounts)) == str(memory)  # as set
+    assert config.from_mapping({"S3_SPOOL_DIR": "AUTO"}).S3_SPOOL_DIR == "auto"
+    assert config.from_mapping({}).S3_SPOOL_DIR == "auto"
+
+
 def test_name_changed_after_the_file_is_refused(app):
     fields = [("type", "O"), ("store", U6), ("token", T(app, U6)), ("coll", COLL)]
     parts = [(['Content-Disposition: form-data; name="%s"' % n], v.encode()) for n, v in fields]

@@ -200,6 +200,12 @@ def _existing(test, what):
 
 
 _directory = _existing(os.path.isdir, "directory")
+
+
+def _spool_dir(value):
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _optional(_directory)(value)
 _readable_file = _existing(os.path.isfile, "file")
 
 
@@ -290,8 +296,9 @@ SCHEMA = (
             "PEM file of the CA that signed the endpoint's certificate; None: the system's"),
     Setting("S3_PART_SIZE", 8 * 1024 ** 2, _integer(5 * 1024 ** 2, 5 * 1024 ** 3),
             "bytes per part of a multipart upload (memory held per upload)"),
-    Setting("S3_SPOOL_DIR", None, _optional(_directory),
-            "a disk directory where Specify 7's uploads wait for their name; None: none"),
+    Setting("S3_SPOOL_DIR", "auto", _spool_dir,
+            "a disk directory where Specify 7's uploads wait for their name; 'auto': /var/tmp "
+            "unless it is in memory (tmpfs); None: none (a temporary key and a copy instead)"),
 )
 _SCHEMA_BY_NAME = {setting.name: setting for setting in SCHEMA}
 
