@@ -187,6 +187,13 @@ class FakeS3Client:
         self.count("create_multipart")
         return FakeWriter(self, key, content_type, metadata, part_size)
 
+    def upload_file(self, key, file, content_type=None, metadata=None, part_size=8 << 20,
+                    threads=4):
+        with self.writer(key, content_type, metadata, part_size) as writer, \
+                open(file, "rb") as local:
+            writer.write(local.read())
+            return writer.commit()
+
     def list_multipart_uploads(self, prefix):
         self.count("list_uploads")
         return iter([(key, upload_id, started) for upload_id, (key, started)

@@ -145,12 +145,13 @@ class Counting:
             yield piece
 
 
-def test_multipart_writer_in_constant_memory(client):
+@pytest.mark.parametrize("inflight", [0, 1])
+def test_multipart_writer_in_constant_memory(client, inflight):
     data = pattern(20 * MiB + 12345)
     source = Counting(data)
     most_held = 0
     with client.writer("big.bin", content_type="application/octet-stream",
-                       part_size=5 * MiB) as writer:
+                       part_size=5 * MiB, inflight=inflight) as writer:
         for piece in source.chunks():
             writer.write(piece)
             most_held = max(most_held, source.given - writer.uploaded)
@@ -158,7 +159,10 @@ def test_multipart_writer_in_constant_memory(client):
                 with pytest.raises(NoSuchKey):  # no partial object at the key
                     client.head("big.bin")
         etag = writer.commit()
-    assert most_held <= 5 * MiB and writer.peak_buffered <= 5 * MiB
+    # One part filling and `inflight` parts being sent, never more.
+    bound = (inflight + 1) * 5 * MiB
+    assert most_held <= bound and writer.peak_buffered <= bound
+    assert writer.peak_buffered > 5 * MiB or not inflight  # a part was sent in the background
     assert writer.size == len(data)
     assert etag.strip('"').endswith("-5")  # a multipart ETag: 5 parts
     info = client.head("big.bin")
@@ -170,6 +174,35 @@ def test_multipart_writer_in_constant_memory(client):
             digest.update(piece)
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert list(client.list_multipart_uploads("big")) == []
+
+
+@pytest.mark.parametrize("size", [5 * MiB, 15 * MiB, 17 * MiB + 3, 12345])
+def test_upload_file_sends_parts_in_parallel(client, tmp_path, size):
+    data = pattern(size, seed=b"%d" % size)
+    path = tmp_path / "local.bin"
+    path.write_bytes(b"skipped" + data)
+    writer = client.writer("up.bin", content_type="image/tiff", part_size=5 * MiB)
+    with open(str(path), "rb") as local:
+        local.seek(len(b"skipped"))  # a file is sent from its position
+        etag = writer.upload_file(local, threads=3)
+    parts = -(-size // (5 * MiB))
+    assert writer.peak_buffered <= min(3, parts) * 5 * MiB
+    info = client.head("up.bin")
+    assert (info.size, info.etag, info.content_type) == (size, etag, "image/tiff")
+    assert etag.strip('"').endswith("-%d" % parts) == (parts > 1)
+    with client.get("up.bin") as result:
+        assert hashlib.sha256(result.read()).digest() == hashlib.sha256(data).digest()
+    assert list(client.list_multipart_uploads("up")) == []
+    with pytest.raises(ValueError):
+        writer.write(b"more")
+
+
+def test_upload_file_takes_a_path(client, tmp_path):
+    data = pattern(11 * MiB)
+    (tmp_path / "a.bin").write_bytes(data)
+    etag = client.upload_file("a.bin", str(tmp_path / "a.bin"), part_size=5 * MiB)
+    assert client.head("a.bin").etag == etag
+    assert client.get_bytes("a.bin", 0, 11 * MiB) == data
 
 
 def test_copy_on_the_server(client):
@@ -565,6 +598,39 @@ def test_complete_answering_200_with_an_error_raises_and_aborts(fake):
     assert [request[:2] for request in server.requests[-2:]] == [
         ("POST", "/fake/k?uploadId=u1"), ("DELETE", "/fake/k?uploadId=u1")]
     assert b"<PartNumber>2</PartNumber><ETag>\"p\"</ETag>" in server.requests[3][3]
+
+
+def test_a_failed_background_part_surfaces_and_the_upload_aborts(fake):
+    server = fake(CREATED, error(403, "AccessDenied"))
+    with server.client([]).writer("k", part_size=4) as writer:
+        writer.write(b"12345")  # part 1 goes up in the background
+        with pytest.raises(AccessDenied):  # part 2 waits for part 1 to land
+            writer.write(b"6789")
+        with pytest.raises(AccessDenied):  # the upload stays failed
+            writer.commit()
+    assert [request[:2] for request in server.requests] == [
+        ("POST", "/fake/k?uploads"), ("PUT", "/fake/k?partNumber=1&uploadId=u1"),
+        ("DELETE", "/fake/k?uploadId=u1")]
+
+
+def test_a_failed_background_part_fails_commit(fake):
+    server = fake(CREATED, error(403, "AccessDenied"), PART, (204, {}, b""))
+    writer = server.client([]).writer("k", part_size=4)
+    writer.write(b"123456")
+    with pytest.raises(AccessDenied):
+        writer.commit()
+    assert server.requests[-1][:2] == ("DELETE", "/fake/k?uploadId=u1")
+    assert writer._executor is None  # the background thread was stopped
+
+
+def test_a_failed_file_part_aborts_the_upload(fake, tmp_path):
+    (tmp_path / "f").write_bytes(b"0123456789")
+    server = fake(CREATED, PART, error(403, "AccessDenied"), PART)
+    with pytest.raises(AccessDenied):
+        server.client([]).upload_file("k", str(tmp_path / "f"), part_size=4, threads=1)
+    assert [request[:2] for request in server.requests] == [
+        ("POST", "/fake/k?uploads"), ("PUT", "/fake/k?partNumber=1&uploadId=u1"),
+        ("PUT", "/fake/k?partNumber=2&uploadId=u1"), ("DELETE", "/fake/k?uploadId=u1")]
 
 
 def test_complete_with_an_empty_etag_asks_head(fake):

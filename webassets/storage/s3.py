@@ -33,6 +33,7 @@ SOURCE_ETAG = "source-etag"
 READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and its segments
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
 SPOOL_RESERVE = 64 * 1024 * 1024  # free space S3_SPOOL_DIR keeps beyond an upload's size
+UPLOAD_THREADS = 4  # parts of a spooled file sent at once (memory: 4 x S3_PART_SIZE)
 POOL_THREADS = 8  # requests sent alongside a request's own (each thread keeps its connection)
 LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
 PROBE = b"webassets check"  # what `check` writes, reads back and deletes
@@ -548,9 +549,9 @@ class S3Store(Store):
         key = self.key(coll, name, ORIGINAL)
         if isinstance(staged, StagedFile):
             staged.file.flush()
-            with open(staged.path, "rb") as spooled, self._writer(key) as writer:
-                shutil.copyfileobj(spooled, writer, COPY_CHUNK)  # the writer aborts on errors
-                writer.commit()
+            # Parts go up in parallel, read at their offsets (the upload aborts on errors).
+            self.client.upload_file(key, staged.path, part_size=self.part_size,
+                                    threads=UPLOAD_THREADS)
             return  # the caller's discard() removes the spool file
         if staged.final and staged.key != key:
             raise BadUpload("the store name changed after the file part")

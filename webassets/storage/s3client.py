@@ -11,6 +11,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from . import sigv4
@@ -379,9 +380,23 @@ class S3Client:
         """Return the x-amz-copy-source value naming `key` of this bucket."""
         return sigv4.uri_encode(self.config.bucket + "/" + key, keep_slash=True)
 
-    def writer(self, key, content_type=None, metadata=None, part_size=DEFAULT_PART_SIZE):
-        """Return a MultipartWriter storing what is written under `key` on commit()."""
-        return MultipartWriter(self, key, content_type, metadata, part_size)
+    def writer(self, key, content_type=None, metadata=None, part_size=DEFAULT_PART_SIZE,
+               inflight=1):
+        """Return a MultipartWriter storing what is written under `key` on commit().
+
+        inflight: parts sent in the background while the next fills (memory: inflight
+        + 1 parts); 0 sends each part in place.
+        """
+        return MultipartWriter(self, key, content_type, metadata, part_size, inflight)
+
+    def upload_file(self, key, file, content_type=None, metadata=None,
+                    part_size=DEFAULT_PART_SIZE, threads=4):
+        """Upload a local file (a path or a seekable binary file, from its position) to
+        `key`, `threads` parts at a time in threads x part_size bytes; return the ETag.
+
+        Nothing appears at `key` unless all of it does; S3Error, OSError.
+        """
+        return self.writer(key, content_type, metadata, part_size).upload_file(file, threads)
 
     # --- listings
 
@@ -629,37 +644,54 @@ class S3Client:
 
 
 class MultipartWriter:
-    """Write an object in constant memory: at most one part buffered, sent as one upload.
+    """Write an object in bounded memory: one part filling, `inflight` more being sent.
 
-    write(data) buffers; a full part goes up once more data arrives. commit()
-    stores the whole under the key (one PUT if it fits one part, else Complete)
-    and returns the ETag; nothing appears at the key before. abort() drops the
-    upload (and never raises: fsck finds leftovers). `with` aborts unless committed.
+    write(data) buffers; a full part goes up in a background thread once more data
+    arrives, while the next one fills (inflight=0: sent in place, synchronously), so
+    at most (inflight + 1) x part_size bytes are held. A background part's error is
+    raised by the next write() or commit(). commit() stores the whole under the key
+    (one PUT if it fits one part, else Complete) and returns the ETag; nothing appears
+    at the key before. abort() drops the upload (and never raises: fsck finds
+    leftovers). `with` aborts unless committed. upload_file() sends a local file instead,
+    several parts at a time.
     """
 
     def __init__(self, client, key, content_type=None, metadata=None,
-                 part_size=DEFAULT_PART_SIZE):
+                 part_size=DEFAULT_PART_SIZE, inflight=1):
         if part_size < 1:
             raise ValueError("part_size must be positive")
+        if inflight < 0:
+            raise ValueError("inflight must not be negative")
         self.client = client
         self.key = key
         self.part_size = part_size
+        self.inflight = inflight
         self.size = 0
-        self.uploaded = 0  # bytes sent as parts
-        self.peak_buffered = 0
+        self.uploaded = 0  # bytes of the parts the server has taken
+        self.peak_buffered = 0  # most bytes held at once: filling, in flight, read ahead
         self.upload_id = None
         self._headers = object_headers(content_type, metadata)
-        # One part's buffer, grown to part_size once and then refilled in place (no
-        # reallocation per part, which fragments the heap); _filled bytes are data.
+        # Part buffers are grown to part_size once and then refilled in place (no
+        # reallocation per part, which fragments the heap); _filled bytes of _buffer
+        # are data. A sent part's buffer comes back as the next spare.
         self._buffer = bytearray()
         self._filled = 0
+        self._spares = []
+        self._flying = []  # [(partNumber, Future of its ETag, buffer, bytes)], oldest first
+        self._executor = None
+        self._error = None  # a background part's failure: the upload cannot commit
         self._parts = []
         self._state = "open"
 
     def write(self, data):
-        """Buffer `data`, sending each full part; return len(data)."""
+        """Buffer `data`, sending each full part; return len(data).
+
+        Raises what a background part raised (S3Error, OSError); the upload can only
+        be aborted then.
+        """
         if self._state != "open":
             raise ValueError("write to a %s S3 upload" % self._state)
+        self._land(block=False)
         view = memoryview(data).cast("B")
         while view:
             if self._filled >= self.part_size:
@@ -669,71 +701,167 @@ class MultipartWriter:
             self._filled += len(piece)
             self.size += len(piece)
             view = view[len(piece):]
-            self.peak_buffered = max(self.peak_buffered, self._filled)
+            self._held(0)
         return len(data)
 
-    def _buffered(self):
-        """Return a view of the buffered bytes (release it before the next write)."""
-        return memoryview(self._buffer)[:self._filled]
+    def _held(self, extra):
+        """Note the bytes held now (plus `extra` read ahead elsewhere) in peak_buffered."""
+        held = self._filled + sum(part[3] for part in self._flying) + extra
+        self.peak_buffered = max(self.peak_buffered, held)
 
-    def _next_part(self):
-        """Start the multipart upload if need be; return [(partNumber, n), (uploadId, id)]."""
-        if self.upload_id is None:
-            reply = self.client._request("create_multipart", "POST", self.key,
-                                         [("uploads", "")], headers=dict(self._headers),
-                                         body=_Body(b""))
-            page = parse_xml(reply.data, reply.status, self.key)
-            self.upload_id = page.findtext("UploadId")
-            if not self.upload_id:
-                raise S3Error(200, "NoUploadId", "CreateMultipartUpload gave no UploadId",
-                              key=self.key)
-        return [("partNumber", str(len(self._parts) + 1)), ("uploadId", self.upload_id)]
+    def _start(self):
+        """Start the multipart upload if need be (CreateMultipartUpload)."""
+        if self.upload_id is not None:
+            return
+        reply = self.client._request("create_multipart", "POST", self.key,
+                                     [("uploads", "")], headers=dict(self._headers),
+                                     body=_Body(b""))
+        page = parse_xml(reply.data, reply.status, self.key)
+        self.upload_id = page.findtext("UploadId")
+        if not self.upload_id:
+            raise S3Error(200, "NoUploadId", "CreateMultipartUpload gave no UploadId",
+                          key=self.key)
+
+    def _next_number(self):
+        """Start the upload if need be; return the next part's number."""
+        self._start()
+        return len(self._parts) + len(self._flying) + 1
+
+    def _upload_part(self, number, part):
+        """Send bytes-like `part` as part `number`; return its ETag (any thread)."""
+        params = [("partNumber", str(number)), ("uploadId", self.upload_id)]
+        reply = self.client._request("upload_part", "PUT", self.key, params, body=_Body(part))
+        return reply.headers.get("ETag", "")
 
     def _send_part(self):
-        params = self._next_part()
-        with self._buffered() as part:
-            reply = self.client._request("upload_part", "PUT", self.key, params,
-                                         body=_Body(part))
-        self._parts.append((len(self._parts) + 1, reply.headers.get("ETag", "")))
-        self.uploaded += self._filled
+        """Send the filled buffer as the next part: in the background if inflight allows."""
+        number = self._next_number()
+        if not self.inflight:
+            with memoryview(self._buffer)[:self._filled] as part:
+                self._parts.append((number, self._upload_part(number, part)))
+            self.uploaded += self._filled
+            self._filled = 0
+            return
+        while len(self._flying) >= self.inflight:
+            self._land(block=True)
+        if self._executor is None:
+            # One thread (per part in flight) for the whole upload: it keeps its connection.
+            self._executor = ThreadPoolExecutor(self.inflight)
+        buffer, filled = self._buffer, self._filled
+        future = self._executor.submit(self._send_buffer, number, buffer, filled)
+        self._flying.append((number, future, buffer, filled))
+        self._buffer = self._spares.pop() if self._spares else bytearray()
         self._filled = 0
+
+    def _send_buffer(self, number, buffer, filled):
+        with memoryview(buffer)[:filled] as part:  # released before the buffer is reused
+            return self._upload_part(number, part)
+
+    def _land(self, block):
+        """Collect finished background parts in order (waiting for the oldest if `block`).
+
+        Raises (once, and again on each later write or commit) what a part raised.
+        """
+        while self._flying and self._error is None and (block or self._flying[0][1].done()):
+            number, future, buffer, filled = self._flying.pop(0)
+            try:
+                etag = future.result()
+            except BaseException as ex:  # kept, and raised to the writer's user
+                self._error = ex
+                break
+            self._parts.append((number, etag))
+            self.uploaded += filled
+            self._spares.append(buffer)
+            block = False
+        if self._error is not None:
+            raise self._error
+
+    def _settle(self):
+        """Wait for every background part and stop the thread; raise nothing."""
+        for _number, future, _buffer, _filled in self._flying:
+            try:
+                future.result()
+            except BaseException:  # the upload is being dropped anyway
+                pass
+        self._flying = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def copy_part(self, source, start, end):
         """Add bytes start..end (inclusive) of object `source` as the next part, copied
         by the server (UploadPartCopy); only before anything is written."""
-        if self._state != "open" or self._filled:
+        if self._state != "open" or self.size:
             raise ValueError("copy_part into a %s S3 upload" % (
                 "written" if self._state == "open" else self._state))
-        params = self._next_part()
+        number = self._next_number()
         headers = {"x-amz-copy-source": self.client.copy_source(source),
                    "x-amz-copy-source-range": "bytes=%d-%d" % (start, end)}
-        reply = self.client._request("upload_part_copy", "PUT", self.key, params,
+        reply = self.client._request("upload_part_copy", "PUT", self.key,
+                                     [("partNumber", str(number)),
+                                      ("uploadId", self.upload_id)],
                                      headers=headers, body=_Body(b""), error_in_body=True)
         etag = quote_etag(parse_xml(reply.data, reply.status, self.key).findtext("ETag"))
-        self._parts.append((len(self._parts) + 1, etag))
-        self.size += end - start + 1
+        self._parts.append((number, etag))
         self.uploaded += end - start + 1
+
+    def upload_file(self, file, threads=4):
+        """Upload a local file (a path, or a seekable binary file from its position to its
+        end) as the whole object, `threads` parts at a time; commit and return the ETag.
+
+        Parts are read at their offsets, one at a time, into one part_size buffer per
+        thread: at most threads x part_size bytes are held. Only on a fresh writer
+        (ValueError); S3Error or OSError after aborting the upload.
+        """
+        if self._state != "open" or self.size or self._parts:
+            raise ValueError("upload_file into a %s S3 upload" % (
+                "written" if self._state == "open" else self._state))
+        if isinstance(file, (str, bytes, os.PathLike)):
+            with open(file, "rb") as opened:
+                return self.upload_file(opened, threads)
+        start = file.tell()
+        size = os.fstat(file.fileno()).st_size - start
+        if size <= self.part_size:
+            self._buffer = bytearray(size)
+            self._filled = file.readinto(self._buffer)
+            self.size = self._filled
+            self._held(0)
+            return self.commit()
+        try:
+            self._start()
+            self._parts = _FilePartUploader(self, file, start, size, threads).run()
+            self.size = self.uploaded = size
+            etag = self._complete()
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        return etag
 
     def commit(self):
         """Store what was written under the key; return its ETag (S3Error: aborted)."""
         if self._state != "open":
             raise ValueError("commit of a %s S3 upload" % self._state)
         try:
+            self._land(block=False)
             if self.upload_id is None:
                 etag = self._put_whole()
             else:
                 if self._filled:
                     self._send_part()
+                while self._flying:
+                    self._land(block=True)
                 etag = self._complete()
         except BaseException:
             self.abort()
             raise
+        self._settle()
         self._state = "committed"
-        self._buffer, self._filled = bytearray(), 0
+        self._buffer, self._filled, self._spares = bytearray(), 0, []
         return etag
 
     def _put_whole(self):
-        with self._buffered() as whole:
+        with memoryview(self._buffer)[:self._filled] as whole:
             reply = self.client._request("put", "PUT", self.key, headers=dict(self._headers),
                                          body=_Body(whole))
         return reply.headers.get("ETag", "")
@@ -753,11 +881,15 @@ class MultipartWriter:
         return etag
 
     def abort(self):
-        """Drop the upload and its parts; log (never raise) a failure to tell the server."""
+        """Drop the upload and its parts; log (never raise) a failure to tell the server.
+
+        Waits for background parts first: a part landing after the abort would be kept.
+        """
         if self._state != "open":
             return
         self._state = "aborted"
-        self._buffer, self._filled = bytearray(), 0
+        self._settle()
+        self._buffer, self._filled, self._spares = bytearray(), 0, []
         if self.upload_id is not None:
             try:
                 self.client.abort_multipart(self.key, self.upload_id)
@@ -769,3 +901,55 @@ class MultipartWriter:
 
     def __exit__(self, *exc_info):
         self.abort()
+
+
+class _FilePartUploader:
+    """Send a local file's parts from `threads` threads, each with one part buffer."""
+
+    def __init__(self, writer, file, start, size, threads):
+        self.writer = writer
+        self.file = file
+        self.start = start
+        self.size = size
+        self.count = (size + writer.part_size - 1) // writer.part_size
+        self.threads = max(1, min(threads, self.count))
+        self.etags = [None] * self.count
+        self.next = 0
+        self.error = None
+        self.lock = threading.Lock()  # one reader at a time: a shared file position
+
+    def run(self):
+        """Send every part; return [(partNumber, ETag)] or raise the first failure."""
+        workers = [threading.Thread(target=self._work, name="s3-part-%d" % n, daemon=True)
+                   for n in range(self.threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if self.error is not None:
+            raise self.error
+        return [(index + 1, etag) for index, etag in enumerate(self.etags)]
+
+    def _work(self):
+        part_size = self.writer.part_size
+        buffer = bytearray(min(part_size, self.size))
+        with self.lock:
+            self.writer.peak_buffered += len(buffer)
+        try:
+            while True:
+                with self.lock:
+                    index = self.next
+                    if self.error is not None or index >= self.count:
+                        return
+                    self.next += 1
+                    offset = index * part_size
+                    length = min(part_size, self.size - offset)
+                    self.file.seek(self.start + offset)
+                    got = self.file.readinto(memoryview(buffer)[:length])
+                if got != length:
+                    raise OSError("the file to upload shrank while it was sent")
+                with memoryview(buffer)[:length] as part:
+                    self.etags[index] = self.writer._upload_part(index + 1, part)
+        except BaseException as ex:  # handed to run(), in the caller's thread
+            with self.lock:
+                self.error = self.error or ex
