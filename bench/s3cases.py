@@ -71,6 +71,13 @@ def direct_upload(s3, key, path):
     return time.perf_counter() - began
 
 
+def direct_file_upload(s3, key, path):
+    """Upload a file with our own client's upload_file (parallel parts); return seconds."""
+    began = time.perf_counter()
+    s3.upload_file(key, path)
+    return time.perf_counter() - began
+
+
 def _read_to_null(s3, key):
     got = 0
     with s3.get(key) as result:
@@ -166,7 +173,8 @@ def s3_transfer(ctx):
         "webassets runs with STORAGE = 's3' on it; boto3 runs in its own process per "
         "transfer (bench/s3boto.py: upload_file and download_fileobj with boto3's defaults, "
         "8 MiB parts, 10 threads; get_object streamed), timed around the transfer alone. "
-        "'s3client alone' is webassets' own client used directly, in the benchmark process.")
+        "'s3client alone' is webassets' own client used directly, in the benchmark process "
+        "(its writer fed 1 MiB writes; upload_file: 4 threads reading parts at offsets).")
 
 
 # (name, row label, instance: 0 = S3_SPOOL_DIR = None, 1 = a spool on disk, frame)
@@ -188,7 +196,7 @@ def _s3_transfer(ctx, python, server):
     web = start_s3_webassets(ctx, server, bucket, extra="S3_SPOOL_DIR = None\n")
     instances = (web, web and start_spooling_webassets(ctx, server, bucket))
     uploads = [upload for upload in UPLOADS if instances[upload[2]] is not None]
-    times = {name: [] for name in ("boto_up", "ours_up", "web_get", "boto_download",
+    times = {name: [] for name in ("boto_up", "ours_up", "ours_file", "web_get", "boto_download",
                                    "boto_get", "ours_get")}
     times.update((upload[0], []) for upload in uploads)
     growth = []
@@ -201,6 +209,8 @@ def _s3_transfer(ctx, python, server):
             growth.append(grown)
         times["boto_up"].append(boto(python, server, "upload", bucket, "boto.bin", source))
         times["ours_up"].append(direct_upload(s3, "ours.bin", source))
+        if hasattr(s3, "upload_file"):
+            times["ours_file"].append(direct_file_upload(s3, "ours-file.bin", source))
     web_key = find_key(s3, store) if web is not None else None
     for rep in range(ctx.params["big_reps"]):
         logger.info("S3 %s GETs, round %d", label, rep + 1)
@@ -234,6 +244,9 @@ def _s3_transfer(ctx, python, server):
                 med["boto_get"])
     ctx.row("S3 %s upload, s3client alone" % label, "MB/s", med["ours_up"], "MB/s",
             "boto3 upload_file", med["boto_up"])
+    if med["ours_file"] is not None:
+        ctx.row("S3 %s upload, s3client upload_file alone" % label, "MB/s", med["ours_file"],
+                "MB/s", "boto3 upload_file", med["boto_up"])
     ctx.row("S3 %s GET, s3client alone" % label, "MB/s", med["ours_get"], "MB/s",
             "boto3 get_object", med["boto_get"])
 
