@@ -681,6 +681,7 @@ class MultipartWriter:
         self._executor = None
         self._error = None  # a background part's failure: the upload cannot commit
         self._parts = []
+        self._copied = 0  # bytes added by copy_part
         self._state = "open"
 
     def write(self, data):
@@ -791,7 +792,7 @@ class MultipartWriter:
     def copy_part(self, source, start, end):
         """Add bytes start..end (inclusive) of object `source` as the next part, copied
         by the server (UploadPartCopy); only before anything is written."""
-        if self._state != "open" or self.size:
+        if self._state != "open" or self.size != self._copied:
             raise ValueError("copy_part into a %s S3 upload" % (
                 "written" if self._state == "open" else self._state))
         number = self._next_number()
@@ -803,7 +804,9 @@ class MultipartWriter:
                                      headers=headers, body=_Body(b""), error_in_body=True)
         etag = quote_etag(parse_xml(reply.data, reply.status, self.key).findtext("ETag"))
         self._parts.append((number, etag))
+        self.size += end - start + 1
         self.uploaded += end - start + 1
+        self._copied += end - start + 1
 
     def upload_file(self, file, threads=4):
         """Upload a local file (a path, or a seekable binary file from its position to its
