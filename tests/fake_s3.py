@@ -149,6 +149,9 @@ class FakeS3Client:
             return result.read()
 
     def put(self, key, data, content_type=None, metadata=None, if_none_match_star=False):
+        return self.put_info(key, data, content_type, metadata, if_none_match_star).etag
+
+    def put_info(self, key, data, content_type=None, metadata=None, if_none_match_star=False):
         self.count("put")
         if not isinstance(data, bytes):
             data = data.read()
@@ -156,9 +159,10 @@ class FakeS3Client:
             if if_none_match_star and key in self.objects:
                 raise PreconditionFailed(412, "PreconditionFailed", "exists", key=key)
             etag = '"%s"' % hashlib.md5(data).hexdigest()
-            self.objects[key] = (data, ObjectInfo(key, len(data), etag, float(int(self.clock())),
-                                                  content_type, dict(metadata or {})))
-        return etag
+            info = ObjectInfo(key, len(data), etag, float(int(self.clock())), content_type,
+                              dict(metadata or {}))
+            self.objects[key] = (data, info)
+        return info
 
     def copy(self, source, target):
         self.count("copy")

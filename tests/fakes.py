@@ -238,6 +238,7 @@ class MemoryStore(storage.Store):
             data = rendered.read()
         mtime_ns = max(os.stat(local_file).st_mtime_ns, int(time.time() * 1e9))
         self.files[self._key(coll, name, storage.THUMBNAIL)] = (data, mtime_ns)
+        return storage.FileInfo(len(data), mtime_ns)
 
     def thumbnail_is_fresh(self, coll, name, source):
         try:

@@ -182,7 +182,7 @@ def test_static_serves_under_the_same_policy(app):
 class PNGThumbnailer(thumbnails.Thumbnailer):
     """A thumbnail engine that writes the PNG sample: type=T is always an image we made."""
 
-    def make(self, store, coll, name, scale, source, seen=None):
+    def make(self, store, coll, name, scale, source, seen=None, rendered=None):
         with tempfile.TemporaryDirectory() as scratch:
             rendered = os.path.join(scratch, "thumbnail")
             with open(rendered, "wb") as handle:

@@ -1,6 +1,7 @@
 """S3Store on the real S3 servers: what the protocol checklist cannot see (requests, bytes)."""
 
 import collections
+import email.utils
 import errno
 import hashlib
 import os
@@ -203,6 +204,13 @@ def test_name_changed_after_the_file_is_refused(app):
 
 # ---------------------------------------------------------------------------- thumbnails
 
+# What a cold thumbnail costs: the thumbnail's GET (a miss) and the original's HEAD, sent
+# together; one GET of the original (its format checked from its first bytes, its ETag the
+# thumbnail's source tag); the thumbnail's PUT. The rendered file itself is served.
+COLD = {"get": 2, "head": 1, "put": 1}
+CACHED = {"get": 1, "head": 1}  # the thumbnail's GET and the original's HEAD, together
+
+
 @needs_convert
 def test_thumbnail_follows_its_original(app, images):
     put_ok(app, U7, images["jpeg"])
@@ -226,11 +234,60 @@ def test_thumbnail_follows_its_original(app, images):
     assert again.status == 200 and again.body != first.body
 
 
-# What a cold thumbnail costs: the thumbnail's GET (a miss) and the original's HEAD, sent
-# together; one GET of the original (its format checked from its first bytes, its ETag the
-# thumbnail's source tag); the thumbnail's PUT; the GET that serves it.
-COLD = {"get": 3, "head": 1, "put": 1}
-CACHED = {"get": 1, "head": 1}  # the thumbnail's GET and the original's HEAD, together
+def http_date_seconds(value):
+    """Return the epoch seconds of an HTTP date."""
+    return email.utils.parsedate_to_datetime(value).timestamp()
+
+
+SAME_HEADERS = ("ETag", "Content-Type", "Content-Length", "Accept-Ranges",
+                "X-Content-Type-Options", "Content-Security-Policy", "Cache-Control")
+
+
+def served_headers(res):
+    """Return the headers a freshly made and a cached thumbnail must share (absent: None)."""
+    return {name: res.header(name) for name in SAME_HEADERS}
+
+
+@needs_convert
+def test_a_fresh_thumbnail_is_served_as_a_cached_one(app, images):
+    """The leader serves the file it rendered, with the object's ETag, as a later GET does."""
+    put_ok(app, U7, images["jpeg"])
+    first = thumb(app, U7, 64)
+    cached = thumb(app, U7, 64)
+    assert (first.status, cached.status, first.body) == (200, 200, cached.body)
+    assert served_headers(first) == served_headers(cached)
+    assert first.header("ETag") == app.store.stat(COLL, thumbnail_name(U7, 64),
+                                                  storage.THUMBNAIL).etag
+    # S3 dates the object within the PUT's answer's second (see S3Store.save_thumbnail).
+    made, kept = (http_date_seconds(res.header("Last-Modified")) for res in (first, cached))
+    assert 0 <= made - kept <= 1
+
+
+# A HEAD, or If-None-Match: *, looks for the thumbnail with a HEAD instead of a GET.
+COLD_BY_HEAD = {"get": 1, "head": 2, "put": 1}
+
+
+@needs_convert
+@pytest.mark.parametrize("method, headers, status, part, cold", [
+    ("GET", {"Range": "bytes=2-9"}, 206, slice(2, 10), COLD),
+    ("GET", {"Range": "bytes=-5"}, 206, slice(-5, None), COLD),
+    ("HEAD", {}, 200, slice(0, 0), COLD_BY_HEAD),
+    ("GET", {"If-None-Match": "*"}, 304, slice(0, 0), COLD_BY_HEAD)])
+def test_the_first_answer_of_a_new_thumbnail_answers_range_and_conditionals(
+        app, images, method, headers, status, part, cold):
+    put_ok(app, U7, images["jpeg"])
+    query = {"coll": COLL, "type": "T", "filename": U7, "scale": "64", "token": T(app, U7)}
+    before = requests(app)
+    res = req(app, method, "/fileget", query, headers=headers)
+    assert (res.status, delta(app, before)) == (status, cold)
+    whole = thumb(app, U7, 64).body
+    assert res.body == whole[part]
+    if status == 206:
+        assert res.header("Content-Range") == "bytes %d-%d/%d" % (
+            part.indices(len(whole))[0], part.indices(len(whole))[1] - 1, len(whole))
+    if method == "HEAD":
+        assert res.header("Content-Length") == str(len(whole))
+
 
 
 def fake_app(tmp_path, **options):
@@ -251,7 +308,7 @@ def counted(app, call):
     (False, COLD),
     # THUMBNAIL_LEASES adds the lease's PUT (If-None-Match: *), a look under it (HEAD) and
     # its release (GET, DELETE).
-    (True, {"get": 4, "head": 2, "put": 2, "delete": 1})])
+    (True, {"get": 3, "head": 2, "put": 2, "delete": 1})])
 def test_thumbnail_requests_cold_and_cached(tmp_path, leases, cold):
     app = fake_app(tmp_path, leases=leases)
     put_ok(app, U7, samples.png())

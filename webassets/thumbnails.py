@@ -23,7 +23,7 @@ except ImportError:  # not POSIX: single flight holds within one process only
 
 from .imageformats import SNIFF_BYTES, read_dimensions, read_pdf_page_size, sniff_format
 from .storage import (RENDER_PREFIX, TEMP_SUFFIX, THUMBNAIL, FileInfo, StorageError,
-                      fresh_by_mtime)
+                      StoredFile, fresh_by_mtime)
 
 __all__ = [
     "ThumbnailError", "NotThumbnailable", "BadScale", "Busy", "DiskFull",
@@ -491,7 +491,10 @@ class Thumbnailer:
         A fresh cached thumbnail is opened with the freshness check itself
         (store.open_fresh_thumbnail: one round trip to a remote store); else make() makes it
         (without looking again) and it is opened with the storage.ReadOptions `options`.
-        Raise what thumbnail_of() raises.
+        The flight's leader on a store without local paths (a bucket) gets the file it
+        rendered instead, with the FileInfo the store published it with: a StoredFile
+        whose status is None, for the HTTP layer to answer `options` itself (no GET of
+        what was just uploaded). Raise what thumbnail_of() raises.
         """
         thumb_name = thumbnail_name(name, scale)
         seen = self._published((coll, thumb_name))  # before the look: see _made_meanwhile
@@ -499,7 +502,15 @@ class Thumbnailer:
         self.observer.observe_thumbnail(cached is not None)
         if cached is not None:
             return cached, CONTENT_TYPES[output_format(thumb_name)]
-        content_type = self.make(store, coll, name, scale, source, seen)
+        rendered = []  # the leader's rendered file, opened (see _render_and_save)
+        try:
+            content_type = self.make(store, coll, name, scale, source, seen, rendered)
+        except BaseException:
+            for handle in rendered:
+                handle.close()
+            raise
+        if rendered:
+            return rendered[0], content_type
         return store.open(coll, thumb_name, THUMBNAIL, options), content_type
 
     def thumbnail_of(self, store, coll: Optional[str], name: str, scale: int) -> Tuple[str, str]:
@@ -523,12 +534,14 @@ class Thumbnailer:
         return thumb_name, self.make(store, coll, name, scale, source, seen)
 
     def make(self, store, coll: Optional[str], name: str, scale: int, source: FileInfo,
-             seen: Optional[int] = None) -> str:
+             seen: Optional[int] = None, rendered: Optional[list] = None) -> str:
         """Make the thumbnail of original `name` at `scale`, just found missing or stale.
 
         `source` is the original's FileInfo the look found; `seen` the thumbnail's
-        publication count from before it (None: unknown). Return the content type; raise
-        what thumbnail_of() raises.
+        publication count from before it (None: unknown). With a `rendered` list, the
+        flight's leader appends the file it rendered and published, opened as a StoredFile
+        with its stored FileInfo, if the store has no local path for it (the caller closes
+        it). Return the content type; raise what thumbnail_of() raises.
         """
         thumb_name = thumbnail_name(name, scale)
 
@@ -544,7 +557,7 @@ class Thumbnailer:
                 job = job._replace(source=os.path.abspath(path), fmt=fmt, size=size,
                                    mtime_ns=fetched.mtime_ns)
                 convert(job, lambda: self._render_and_save(store, coll, thumb_name, job,
-                                                           fetched))
+                                                           fetched, rendered))
 
         lease_key = ("thumbnail " + store.static_name(coll, thumb_name, THUMBNAIL)
                      if self.leases else None)
@@ -599,12 +612,14 @@ class Thumbnailer:
         return want.content_type
 
     def _render_and_save(self, store, coll: Optional[str], thumb_name: str, job: Job,
-                         source) -> None:
+                         source, rendered: Optional[list] = None) -> None:
         """Render `job` into a private scratch directory, then store.save_thumbnail() it.
 
         The scratch directory is beside the thumbnail when the store has a local path for
         it (so publishing is one rename on one filesystem), else in the system's temp dir.
         The renderer works in that directory too: one private directory, one rename.
+        Without a local path, the published file is appended to `rendered` (if given),
+        open, as a StoredFile with the FileInfo save_thumbnail() returned.
         """
         local = store.local_path(coll, thumb_name, THUMBNAIL)
         parent = os.path.dirname(local) if local is not None else None
@@ -618,7 +633,12 @@ class Thumbnailer:
             with _disk_full_as_error(scratch):
                 # The thumbnail's name only picks the output format (by its extension).
                 staged = self.renderer.render_into(job._replace(target=thumb_name), scratch)
-                store.save_thumbnail(coll, thumb_name, staged, source)
+                info = store.save_thumbnail(coll, thumb_name, staged, source)
+            if rendered is not None and local is None and info is not None:
+                # Opened before the scratch directory goes: an open file outlives its
+                # removal (POSIX), so the first answer needs no GET of what was just put.
+                # (A local store's own file is served instead: sendfile, FILE_OFFLOAD.)
+                rendered.append(StoredFile(open(staged, "rb"), info))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -392,7 +392,10 @@ class Store:
 
         `source` is the FileInfo of the original it was made from: from then on
         thumbnail_is_fresh() holds for that version of the original. No reader ever sees
-        half a thumbnail. The caller removes `local_file` if it is still there.
+        half a thumbnail. The caller removes `local_file` if it is still there. Return the
+        published thumbnail's FileInfo as open() would give it (None if the store cannot
+        tell without asking again): a store without local paths lets the caller serve
+        the rendered file with it.
         """
         raise NotImplementedError
 

@@ -311,9 +311,11 @@ class FileStore(Store):
         """Rename `local_file` onto thumbnail `name` (a copy first if on another filesystem).
 
         The renderer dated `local_file` no earlier than `source`, which makes it fresh.
+        Return its FileInfo (a rename and the copy keep its size and mtime).
         """
         target = self._path(coll, name, THUMBNAIL)
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        info = FileInfo.from_stat(os.stat(local_file))
         try:
             os.replace(local_file, target)
         except OSError as ex:
@@ -325,6 +327,7 @@ class FileStore(Store):
                 mtime_ns = os.stat(local_file).st_mtime_ns
                 os.utime(staged.path, ns=(mtime_ns, mtime_ns))
                 staged.commit(target)
+        return info
 
     def thumbnail_is_fresh(self, coll, name, source):
         """Tell whether thumbnail `name` exists and is dated no earlier than `source`."""

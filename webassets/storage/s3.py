@@ -565,10 +565,20 @@ class S3Store(Store):
 
     @_s3_errors
     def save_thumbnail(self, coll, name, local_file, source=None):
-        """Upload the rendered `local_file` as thumbnail `name`, tagged with `source`'s ETag."""
+        """Upload the rendered `local_file` as thumbnail `name`, tagged with `source`'s ETag.
+
+        Return its FileInfo from the PUT's answer (None if the server sent no Date): the
+        ETag a later GET gives, and the answer's Date as its mtime. NOTE: the object's
+        Last-Modified may be a second earlier than that Date; a response dated from this
+        FileInfo is still right where it counts: clients revalidate with the ETag
+        (If-None-Match, which wins over If-Modified-Since), and one asking with the
+        off-by-one date at worst gets the whole (small) thumbnail once more.
+        """
         metadata = {SOURCE_ETAG: _bare(source.etag)} if source is not None else None
         with open(local_file, "rb") as rendered:
-            self.client.put(self.key(coll, name, THUMBNAIL), rendered, metadata=metadata)
+            obj = self.client.put_info(self.key(coll, name, THUMBNAIL), rendered,
+                                       metadata=metadata)
+        return None if obj.last_modified is None else _info(obj)
 
     @_s3_errors
     def thumbnail_is_fresh(self, coll, name, source):

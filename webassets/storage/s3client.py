@@ -346,11 +346,23 @@ class S3Client:
         end. PreconditionFailed if if_none_match_star and the key exists (on servers
         that support conditional writes; others overwrite).
         """
+        return self.put_info(key, data, content_type, metadata, if_none_match_star).etag
+
+    def put_info(self, key, data, content_type=None, metadata=None, if_none_match_star=False):
+        """Store `data` under `key` as put() does; return the new object's ObjectInfo.
+
+        Its last_modified is the answer's Date (None without one): S3 answers a PUT
+        without Last-Modified, and sets the object's within that second (or the one
+        before, when the upload crossed a second).
+        """
         headers = object_headers(content_type, metadata)
         if if_none_match_star:
             headers["if-none-match"] = "*"
-        reply = self._request("put", "PUT", key, headers=headers, body=_Body(data))
-        return reply.headers.get("ETag", "")
+        body = _Body(data)
+        reply = self._request("put", "PUT", key, headers=headers, body=body)
+        return ObjectInfo(key, body.length, reply.headers.get("ETag", ""),
+                          parse_http_date(reply.headers.get("Date")), content_type,
+                          dict(metadata or {}))
 
     def delete(self, key):
         """Delete `key`; deleting an absent key is no error."""
