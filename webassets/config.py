@@ -295,7 +295,7 @@ SCHEMA = (
     Setting("S3_CA_FILE", None, _optional(_readable_file),
             "PEM file of the CA that signed the endpoint's certificate; None: the system's"),
     Setting("S3_PART_SIZE", 8 * 1024 ** 2, _integer(5 * 1024 ** 2, 5 * 1024 ** 3),
-            "bytes per part of a multipart upload (an upload holds two in memory)"),
+            "bytes per part of a multipart upload (an upload holds three in memory)"),
     Setting("S3_SPOOL_DIR", "auto", _spool_dir,
             "a disk directory where Specify 7's uploads wait for their name; 'auto': /var/tmp "
             "unless it is in memory (tmpfs); None: none (a temporary key and a copy instead)"),

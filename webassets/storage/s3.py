@@ -34,6 +34,9 @@ READ_AHEAD_MIN = 16 * 1024  # ExifRead's first reads: the JPEG/TIFF header and i
 READ_AHEAD_MAX = 8 * 1024 * 1024  # a whole-file reader reaches this after ~9 reads
 SPOOL_RESERVE = 64 * 1024 * 1024  # free space S3_SPOOL_DIR keeps beyond an upload's size
 UPLOAD_THREADS = 4  # parts of a spooled file sent at once (memory: 4 x S3_PART_SIZE)
+# Parts of a streamed upload on the wire while the next fills (memory: 3 x S3_PART_SIZE):
+# one part at a time leaves the link idle between parts; two keep up with boto3's ten.
+UPLOAD_INFLIGHT = 2
 POOL_THREADS = 8  # requests sent alongside a request's own (each thread keeps its connection)
 LEASE_DIR = ".leases/"  # under the prefix: one object per lease (Store.try_lease)
 PROBE = b"webassets check"  # what `check` writes, reads back and deletes
@@ -245,7 +248,7 @@ class S3Store(Store):
         return free >= expected_size + SPOOL_RESERVE
 
     def _writer(self, key):
-        return self.client.writer(key, part_size=self.part_size)
+        return self.client.writer(key, part_size=self.part_size, inflight=UPLOAD_INFLIGHT)
 
     # -- health
 
