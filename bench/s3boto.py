@@ -2,11 +2,14 @@
 
     python s3boto.py upload|download|get ENDPOINT REGION ACCESS SECRET BUCKET KEY FILE
     python s3boto.py gets ENDPOINT REGION ACCESS SECRET BUCKET KEY COUNT
+    python s3boto.py transfers ENDPOINT REGION ACCESS SECRET BUCKET KEY COUNT THUMB_KEY
 
 upload: upload_file(FILE) (boto3's multipart transfer, its defaults); download:
 download_fileobj into FILE (boto3's ranged, concurrent download); get: one
 get_object streamed into FILE. Prints {"seconds": s} timed around the transfer alone.
 gets: COUNT get_object calls of a small object on one client; prints {"ms": [each]}.
+transfers: COUNT times what a cold thumbnail on a bucket adds to a local one: get_object of
+KEY (the original) read to the end, then put_object of THUMB_KEY's bytes; prints {"ms": [each]}.
 """
 
 import json
@@ -25,6 +28,15 @@ def _timed_get(client, bucket, key):
     return (time.perf_counter() - began) * 1000.0
 
 
+def _timed_transfers(client, bucket, key, thumb):
+    began = time.perf_counter()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    for _ in iter(lambda: body.read(CHUNK), b""):
+        pass
+    client.put_object(Bucket=bucket, Key="transfer-probe-boto3", Body=thumb)
+    return (time.perf_counter() - began) * 1000.0
+
+
 def main(argv):
     op, endpoint, region, access_key, secret_key, bucket, key, path = argv[1:9]
     client = boto3.client(
@@ -34,6 +46,11 @@ def main(argv):
     client.head_bucket(Bucket=bucket)  # connect and sign once before the clock starts
     if op == "gets":
         print(json.dumps({"ms": [_timed_get(client, bucket, key) for _ in range(int(path))]}))
+        return
+    if op == "transfers":
+        thumb = client.get_object(Bucket=bucket, Key=argv[9])["Body"].read()
+        print(json.dumps({"ms": [_timed_transfers(client, bucket, key, thumb)
+                                 for _ in range(int(path))]}))
         return
     began = time.perf_counter()
     if op == "upload":
