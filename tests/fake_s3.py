@@ -187,7 +187,8 @@ class FakeS3Client:
                  if key.startswith(prefix) and delimiter in key[len(prefix):]}
         return iter(sorted(found))
 
-    def writer(self, key, content_type=None, metadata=None, part_size=8 << 20):
+    def writer(self, key, content_type=None, metadata=None, part_size=8 << 20, inflight=1):
+        # `inflight` is accepted for the real writer's signature: the fake sends in place.
         self.count("create_multipart")
         return FakeWriter(self, key, content_type, metadata, part_size)
 
