@@ -519,7 +519,7 @@ def check_display(browser, tabs):
         # An object that shows its file never renders its fallback (the magenta box): the
         # active files too are shown (sandboxed), as Specify 7's users expect.
         assert not any(box["fallback"] for box in boxes.values()), (where, boxes)
-        jpeg = [pixel for row in browser.screenshot(session, boxes[JPEG]) for pixel in row]
+        jpeg = wait_for_gradient(browser, session, boxes[JPEG])
         # The sample is a red-to-blue gradient: both ends are on screen, magenta is not.
         assert any(r > 200 and b < 60 for r, g, b in jpeg), where
         assert any(b > 200 and r < 60 for r, g, b in jpeg), where
@@ -537,6 +537,16 @@ def wait_for_media(browser, session):
         if duration or time.monotonic() > deadline:
             assert duration == 0.5, "the WAV did not load in its tab (%r)" % (duration,)
             return duration
+        time.sleep(0.1)
+
+
+def wait_for_gradient(browser, session, box):
+    """Return the box's pixels once the JPEG's red end is painted (a busy machine paints late)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        pixels = [pixel for row in browser.screenshot(session, box) for pixel in row]
+        if any(r > 200 and b < 60 for r, g, b in pixels) or time.monotonic() > deadline:
+            return pixels
         time.sleep(0.1)
 
 
