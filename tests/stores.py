@@ -75,7 +75,7 @@ def store_snapshot(app):
     """
     store = app.store
     if not is_s3(app):
-        return _walk(store.base_dir)
+        return files_under(store.base_dir)
     client, prefix = store.client, store.prefix
     files = {}
     for obj in client.list(prefix):
@@ -88,13 +88,14 @@ def store_snapshot(app):
 
 def everything(root, app):
     """Return {path: bytes} of every file under `root` (a test's tmp_path) and in the store."""
-    files = _walk(root)
+    files = files_under(root)
     if is_s3(app):
         files.update(("s3:" + path, data) for path, data in store_snapshot(app).items())
     return files
 
 
-def _walk(root):
+def files_under(root):
+    """Return {path relative to `root`: bytes} of every file under `root`."""
     files = {}
     for directory, _, names in os.walk(str(root)):
         for name in names:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import MemoryStore
 from tests.helpers import put
+from tests.stores import files_under
 from tests.test_admin import run
 from webassets import migrate, samples, storage
 from webassets.storage import FileStore
@@ -41,12 +42,7 @@ def source(tmp_path):
 
 def tree(base):
     """Return {relative path: bytes} of every file under `base` but unfinished work."""
-    found = {}
-    for root, _, files in os.walk(str(base)):
-        for name in files:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, str(base))] = open(path, "rb").read()
-    return {path: data for path, data in found.items()
+    return {path: data for path, data in files_under(base).items()
             if not os.path.basename(path).startswith(storage.TEMP_PREFIXES)}
 
 
