@@ -10,6 +10,8 @@ get_object streamed into FILE. Prints {"seconds": s} timed around the transfer a
 gets: COUNT get_object calls of a small object on one client; prints {"ms": [each]}.
 transfers: COUNT times what a cold thumbnail on a bucket adds to a local one: get_object of
 KEY (the original) read to the end, then put_object of THUMB_KEY's bytes; prints {"ms": [each]}.
+COUNT "cue": one such timing per line read from stdin, each printed (ms) on its own line,
+until stdin ends (so the benchmark can pair each with its own requests).
 """
 
 import json
@@ -46,6 +48,11 @@ def main(argv):
     client.head_bucket(Bucket=bucket)  # connect and sign once before the clock starts
     if op == "gets":
         print(json.dumps({"ms": [_timed_get(client, bucket, key) for _ in range(int(path))]}))
+        return
+    if op == "transfers" and path == "cue":
+        thumb = client.get_object(Bucket=bucket, Key=argv[9])["Body"].read()
+        for _ in sys.stdin:
+            print(_timed_transfers(client, bucket, key, thumb), flush=True)
         return
     if op == "transfers":
         thumb = client.get_object(Bucket=bucket, Key=argv[9])["Body"].read()

@@ -1,13 +1,18 @@
 """S3Store on the real S3 servers: what the protocol checklist cannot see (requests, bytes)."""
 
 import collections
+import concurrent.futures
 import email.utils
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 
 import pytest
 
@@ -347,6 +352,109 @@ def test_a_thumbnail_published_meanwhile_is_not_made_again(tmp_path, monkeypatch
     monkeypatch.setattr(app.store, "open_fresh_thumbnail", look_then_other_publishes)
     assert thumb(app, U7, 64).status == 200
     assert (len(other.renderer.calls), app.thumbnailer.renderer.calls) == (1, [])
+
+
+# ---------------------------------------------------------------------------- publishing
+
+def held_puts(app, monkeypatch, key, error=None):
+    """Hold the client's PUTs of `key` until the returned `release` is set (then raise `error`).
+
+    Return (entered, release): Events. Other keys go through at once.
+    """
+    entered, release = threading.Event(), threading.Event()
+    put_info = app.store.client.put_info
+
+    def held(put_key, *args, **kwargs):
+        if put_key == key:
+            entered.set()
+            release.wait(10)
+            if error is not None:
+                raise error
+        return put_info(put_key, *args, **kwargs)
+
+    monkeypatch.setattr(app.store.client, "put_info", held)
+    return entered, release
+
+
+def thumbnail_key(app, name, scale):
+    return app.store.key(COLL, thumbnail_name(name, scale), storage.THUMBNAIL)
+
+
+def test_the_answer_goes_out_while_the_thumbnail_uploads(tmp_path, monkeypatch):
+    """The leader's answer waits for no PUT; its close, and other requests for it, do."""
+    app = fake_app(tmp_path)
+    put_ok(app, U7, samples.png())
+    key = thumbnail_key(app, U7, 64)
+    entered, release = held_puts(app, monkeypatch, key)
+    handle, content_type = app.thumbnailer.open_thumbnail(app.store, COLL, U7, 64)
+    body = handle.read()
+    assert (body, content_type) == (samples.png(), "image/jpeg")
+    assert entered.wait(5) and key not in app.store.client.objects
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        follower = pool.submit(thumb, app, U7, 64)
+        closing = pool.submit(handle.close)
+        time.sleep(0.2)
+        assert not follower.done() and not closing.done()
+        release.set()
+        closing.result(5)
+        assert key in app.store.client.objects  # published by the time the close returns
+        res = follower.result(5)
+    assert (res.status, res.body, res.header("ETag")) == (200, body, handle.etag)
+    assert handle.etag == app.store.client.head(key).etag
+    assert len(app.thumbnailer.renderer.calls) == 1
+
+
+def test_a_thumbnail_upload_failing_after_the_answer(tmp_path, monkeypatch, caplog):
+    """The leader has its thumbnail; those who waited get the store's error; nothing is kept."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    app = fake_app(tmp_path)
+    put_ok(app, U7, samples.png())
+    key = thumbnail_key(app, U7, 64)
+    entered, release = held_puts(app, monkeypatch, key, S3Unavailable(0, "ConnectionRefused"))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(thumb, app, U7, 64)
+        assert entered.wait(5)
+        follower = pool.submit(thumb, app, U7, 64)
+        time.sleep(0.2)
+        release.set()
+        first, waited = leader.result(5), follower.result(5)
+    assert (first.status, first.body) == (200, samples.png())
+    assert waited.status == 503
+    assert "Cannot publish thumbnail" in caplog.text
+    assert key not in app.store.client.objects and os.listdir(str(scratch)) == []
+    monkeypatch.undo()
+    again = thumb(app, U7, 64)
+    assert again.status == 200 and key in app.store.client.objects
+    assert len(app.thumbnailer.renderer.calls) == 2
+
+
+def test_etags_that_are_not_md5s_turn_the_guess_off(tmp_path, monkeypatch, caplog):
+    """A server whose ETags are no MD5s (SSE-KMS) is seen once, then answered after the PUT."""
+    app = fake_app(tmp_path)
+    client = app.store.client
+    put_info = client.put_info
+
+    def kms_put(key, *args, **kwargs):
+        info = put_info(key, *args, **kwargs)
+        info = info._replace(etag='"%s"' % hashlib.sha1(info.etag.encode()).hexdigest())
+        client.objects[key] = (client.objects[key][0], info)
+        return info
+
+    monkeypatch.setattr(client, "put_info", kms_put)
+    put_ok(app, U7, samples.png())
+    caplog.set_level(logging.INFO, logger="webassets.storage.s3")
+    first = thumb(app, U7, 64)
+    real = client.head(thumbnail_key(app, U7, 64)).etag
+    assert first.status == 200 and first.header("ETag") != real
+    assert "ETags are not MD5s" in caplog.text
+    # Its client's revalidation misses once (a whole small thumbnail, never a wrong one).
+    stale = thumb(app, U7, 64, headers={"If-None-Match": first.header("ETag")})
+    assert (stale.status, stale.header("ETag")) == (200, real)
+    second = thumb(app, U7, 128)
+    assert second.status == 200
+    assert second.header("ETag") == client.head(thumbnail_key(app, U7, 128)).etag
 
 
 # ---------------------------------------------------------------------------- EXIF

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import zlib
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 try:
     import fcntl
@@ -401,7 +401,8 @@ class NullObserver:
 
 
 class _Want(collections.namedtuple(
-        "_Want", "key failure_key mtime_ns name scale is_fresh render store lease_key seen")):
+        "_Want", "key failure_key mtime_ns name scale is_fresh render store lease_key seen "
+                 "rendered")):
     """One thumbnail asked for: when it is fresh, and how to render and publish it.
 
     `key` names the thumbnail (single flight, the cross-process lock); `failure_key` the
@@ -410,7 +411,8 @@ class _Want(collections.namedtuple(
     publishes it, running the conversion itself as convert(job, work) (timed and reported).
     `store` (None: no leases) holds the lease `lease_key` while one instance renders it.
     `seen` is key's publication count (Thumbnailer._published) from before the request
-    found the thumbnail missing, None if unknown.
+    found the thumbnail missing, None if unknown. `rendered` is the list render() puts the
+    leader's rendered file in (see Thumbnailer._render_and_save), or None.
     """
 
     __slots__ = ()
@@ -556,15 +558,15 @@ class Thumbnailer:
                 # The version fetched is what the thumbnail is tagged with (and dated after).
                 job = job._replace(source=os.path.abspath(path), fmt=fmt, size=size,
                                    mtime_ns=fetched.mtime_ns)
-                convert(job, lambda: self._render_and_save(store, coll, thumb_name, job,
-                                                           fetched, rendered))
+                return convert(job, lambda: self._render_and_save(store, coll, thumb_name,
+                                                                  job, fetched, rendered))
 
         lease_key = ("thumbnail " + store.static_name(coll, thumb_name, THUMBNAIL)
                      if self.leases else None)
         # The ETag names the version (a local store's is made of the mtime and size).
         want = _Want((coll, thumb_name), (coll, name, source.etag, scale), source.mtime_ns,
                      thumb_name, scale, is_fresh, render, store if self.leases else None,
-                     lease_key, seen)
+                     lease_key, seen, rendered)
         return self._ensure(want, Job(None, None, None, want.mtime_ns, None, scale))
 
     def thumbnail(self, source_path: str, target_path: str, scale: int) -> str:
@@ -582,7 +584,7 @@ class Thumbnailer:
 
         want = _Want(target_path, (os.path.abspath(source_path), mtime_ns, scale), mtime_ns,
                      target_path, scale, lambda: _is_fresh(target_path, mtime_ns), render,
-                     None, None, None)
+                     None, None, None, None)
         fresh = want.is_fresh()
         self.observer.observe_thumbnail(fresh)
         if fresh:
@@ -612,14 +614,16 @@ class Thumbnailer:
         return want.content_type
 
     def _render_and_save(self, store, coll: Optional[str], thumb_name: str, job: Job,
-                         source, rendered: Optional[list] = None) -> None:
-        """Render `job` into a private scratch directory, then store.save_thumbnail() it.
+                         source, rendered: Optional[list] = None):
+        """Render `job` into a private scratch directory, then publish it into the store.
 
         The scratch directory is beside the thumbnail when the store has a local path for
         it (so publishing is one rename on one filesystem), else in the system's temp dir.
         The renderer works in that directory too: one private directory, one rename.
-        Without a local path, the published file is appended to `rendered` (if given),
-        open, as a StoredFile with the FileInfo save_thumbnail() returned.
+        Without a local path and with a `rendered` list, the rendered file is appended to it,
+        open, as a StoredFile with the FileInfo store.publish_thumbnail() gave, and the
+        upload may still be going on: then return its Future (the scratch directory goes
+        when it is done), else None (published).
         """
         local = store.local_path(coll, thumb_name, THUMBNAIL)
         parent = os.path.dirname(local) if local is not None else None
@@ -627,20 +631,32 @@ class Thumbnailer:
             if parent is not None:
                 os.makedirs(parent, exist_ok=True)
             scratch = tempfile.mkdtemp(prefix=RENDER_PREFIX, suffix=TEMP_SUFFIX, dir=parent)
+        publishing = None
         try:
             # Inside the try: the free space is judged while the partial output still fills
             # the disk, before the scratch directory is removed.
             with _disk_full_as_error(scratch):
                 # The thumbnail's name only picks the output format (by its extension).
                 staged = self.renderer.render_into(job._replace(target=thumb_name), scratch)
-                info = store.save_thumbnail(coll, thumb_name, staged, source)
-            if rendered is not None and local is None and info is not None:
+                if rendered is None or local is not None:
+                    store.save_thumbnail(coll, thumb_name, staged, source)
+                    return None
+                info, publishing = store.publish_thumbnail(coll, thumb_name, staged, source)
+            if info is not None:
                 # Opened before the scratch directory goes: an open file outlives its
                 # removal (POSIX), so the first answer needs no GET of what was just put.
                 # (A local store's own file is served instead: sendfile, FILE_OFFLOAD.)
                 rendered.append(StoredFile(open(staged, "rb"), info))
+            if publishing.done():
+                publishing.result()  # its error, if any, is this request's
+                publishing = None
+            return publishing
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if publishing is None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                publishing.add_done_callback(
+                    lambda _: shutil.rmtree(scratch, ignore_errors=True))
 
     def inspect(self, source_path: str) -> Tuple[str, Optional[Tuple[int, int]]]:
         """Return the source's real format and header size after the cheap checks.
@@ -704,26 +720,70 @@ class Thumbnailer:
         return flight
 
     def _lead(self, flight: _Flight, want: "_Want", job: Job) -> None:
+        """Make the thumbnail as the flight's leader; end the flight once it is published.
+
+        A store still uploading it when the render returns (see _render_and_save) keeps
+        the process lock, the lease and the flight until its upload is done (_finish):
+        until then, other requests wait for it instead of rendering it again.
+        """
+        publishing = None
         try:
-            # The lock comes before the slot: waiting for another process holds no slot.
-            with self._process_lock(want.key) as lock:
-                if not self._made_meanwhile(want, lock):
-                    with self._lease(want) as render:
-                        if render:  # else another instance made it
-                            with self._slots:
-                                want.render(job, self._convert)
-                            _count_publication(lock)
+            with contextlib.ExitStack() as held:
+                # The lock comes before the slot: waiting for another process holds no slot.
+                lock = held.enter_context(self._process_lock(want.key))
+                if self._made_meanwhile(want, lock):
+                    return
+                if not held.enter_context(self._lease(want)):
+                    return  # another instance made it
+                with self._slots:
+                    publishing = want.render(job, self._convert)
+                if publishing is None:
+                    _count_publication(lock)
+                    return
+                still_held = held.pop_all()
         except BaseException as ex:
-            flight.error = ex
-            # A full disk is the store's fault, not the file's: try again once there is room.
-            if isinstance(ex, ThumbnailError) and not isinstance(ex, DiskFull):
-                self._remember_failure(want.failure_key, ex)
+            self._fail(flight, want, ex)
             raise
         finally:
-            with self._lock:
-                del self._flights[want.key]
-                self._pending -= 1
-            flight.done.set()
+            if publishing is None:
+                self._end_flight(flight, want)
+        for handle in want.rendered or ():
+            # The answer is sent meanwhile; its end waits for the flight's (so whoever
+            # closed it finds the thumbnail published, the lock and lease released).
+            handle.on_close = flight.done.wait
+        publishing.add_done_callback(
+            lambda done: self._finish(flight, want, done, still_held, lock))
+
+    def _finish(self, flight: _Flight, want: "_Want", done, held, lock: Optional[int]) -> None:
+        """End a flight whose thumbnail the store published after the render returned.
+
+        Runs where the store's upload ended (its Future's callback). The leader's request
+        has its answer already; requests that waited for the flight get the upload's error.
+        """
+        try:
+            done.result()
+            _count_publication(lock)
+        except BaseException as ex:  # anything: the flight must end, whatever happened
+            logger.warning("Cannot publish thumbnail %s: %s", want.name, ex)
+            self._fail(flight, want, ex)
+        finally:
+            try:
+                held.close()  # the lease and the process lock
+            finally:
+                self._end_flight(flight, want)
+
+    def _fail(self, flight: _Flight, want: "_Want", ex: BaseException) -> None:
+        """Record the flight's error for its waiters (and remember a conversion failure)."""
+        flight.error = ex
+        # A full disk is the store's fault, not the file's: try again once there is room.
+        if isinstance(ex, ThumbnailError) and not isinstance(ex, DiskFull):
+            self._remember_failure(want.failure_key, ex)
+
+    def _end_flight(self, flight: _Flight, want: "_Want") -> None:
+        with self._lock:
+            del self._flights[want.key]
+            self._pending -= 1
+        flight.done.set()
 
     def _made_meanwhile(self, want: "_Want", lock: Optional[int]) -> bool:
         """Tell whether the thumbnail is fresh now, under the process lock `lock` (a fd).
@@ -761,18 +821,22 @@ class Thumbnailer:
         stripe = zlib.crc32(str(key).encode("utf-8", "surrogateescape")) % LOCK_STRIPES
         return os.path.join(self.lock_dir, "%02d" % stripe)
 
-    def _convert(self, job: Job, work: Callable[[], None]) -> None:
-        """Run work(), the conversion of `job`: timed, reported and averaged (Busy's estimate)."""
+    def _convert(self, job: Job, work: Callable[[], Any]) -> Any:
+        """Run work(), the conversion of `job`: timed, reported and averaged (Busy's estimate).
+
+        Return what work() returns.
+        """
         started = self._clock()
         self.observer.conversion_started()
         ok = False
         try:
-            work()
+            result = work()
             ok = True
         finally:
             elapsed = self._clock() - started
             self.observer.conversion_finished(job.fmt, elapsed, ok)
         self._average_seconds = 0.8 * self._average_seconds + 0.2 * elapsed
+        return result
 
     @contextlib.contextmanager
     def _process_lock(self, key):

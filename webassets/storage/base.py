@@ -1,5 +1,6 @@
 """The store's interface: files keyed by (collection, kind, name), with its errors."""
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -245,16 +246,19 @@ class StoredFile:
     request's conditionals and Range itself (the local store). A store that passed
     ReadOptions on (S3) sets the answer it got: 200 (the whole file), 206 (the bytes
     `content_range` = (first, last, size) says), 304 (no body) or 416 (no body).
+    `on_close`, if given, is called once after the file is closed.
     """
 
     mode = "rb"
 
-    def __init__(self, handle, info, local_path=None, status=None, content_range=None):
+    def __init__(self, handle, info, local_path=None, status=None, content_range=None,
+                 on_close=None):
         self.file = handle
         self.info = info
         self.local_path = local_path
         self.status = status
         self.content_range = content_range
+        self.on_close = on_close
 
     size = property(lambda self: self.info.size)
     mtime = property(lambda self: self.info.mtime)
@@ -277,8 +281,11 @@ class StoredFile:
         return self.file.fileno()
 
     def close(self):
-        """Close the file."""
+        """Close the file (then call `on_close`, the first time)."""
         self.file.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
     @property
     def closed(self):
@@ -398,6 +405,20 @@ class Store:
         the rendered file with it.
         """
         raise NotImplementedError
+
+    def publish_thumbnail(self, coll, name, local_file, source=None):
+        """Start publishing the rendered `local_file` as thumbnail `name`, as save_thumbnail().
+
+        Return (FileInfo to serve the rendered file with now, or None as save_thumbnail()
+        gives it; a concurrent.futures.Future that is done once the thumbnail is
+        published, with save_thumbnail()'s FileInfo or its error). The caller keeps
+        `local_file` until then. This default publishes before it returns (and raises what
+        save_thumbnail() raises); a remote store may answer at once and upload meanwhile.
+        """
+        info = self.save_thumbnail(coll, name, local_file, source)
+        done = concurrent.futures.Future()
+        done.set_result(info)
+        return info, done
 
     def open_fresh_thumbnail(self, coll, name, thumb_name, options=None):
         """Open thumbnail `thumb_name` (as open()) if it is fresh for the original `name` now.

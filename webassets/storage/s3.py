@@ -4,6 +4,7 @@ import concurrent.futures
 import contextlib
 import email.utils
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -83,6 +84,14 @@ def _made_from(thumbnail, source):
     The freshness rule of a bucket: the original's ETag the thumbnail was tagged with.
     """
     return (thumbnail.metadata or {}).get(SOURCE_ETAG) == _bare(source.etag)
+
+
+def _remove(path):
+    """Remove a temporary file (already gone: no error)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _answer(obj, status):
@@ -226,6 +235,9 @@ class S3Store(Store):
         self._pool_lock = threading.Lock()
         self._clock = clock  # monotonic: when problem()'s probe last passed
         self._probe_passed = None
+        # Whether this server's ETag of a PUT object is its MD5 (publish_thumbnail); the
+        # first answer that says otherwise turns the prediction off.
+        self._md5_etags = True
 
     # -- keys
 
@@ -487,14 +499,18 @@ class S3Store(Store):
 
     @contextlib.contextmanager
     def _downloaded(self, key, check=None):
-        """Yield (path, FileInfo) of a temporary file holding the object; MissingFile."""
+        """Yield (path, FileInfo) of a temporary file holding the object; MissingFile.
+
+        The file is removed on a thread of the pool: freeing a large file's pages takes
+        most of a millisecond that the caller's answer need not wait for.
+        """
         fd, path = tempfile.mkstemp(prefix="webassets-s3-copy-")
         try:
             with os.fdopen(fd, "wb") as copy:
                 info = self._download(key, copy, check)
             yield path, info
         finally:
-            os.unlink(path)
+            self._pool().submit(_remove, path)
 
     @_s3_errors
     def _download(self, key, target, check=None):
@@ -582,6 +598,39 @@ class S3Store(Store):
             obj = self.client.put_info(self.key(coll, name, THUMBNAIL), rendered,
                                        metadata=metadata)
         return None if obj.last_modified is None else _info(obj)
+
+    def publish_thumbnail(self, coll, name, local_file, source=None):
+        """Start uploading thumbnail `name` on a thread; return (predicted FileInfo, Future).
+
+        The rendered file can be served while it goes up: its FileInfo is predicted, the
+        ETag as the MD5 of its bytes (what S3 and its kin give an object PUT whole,
+        unencrypted), the mtime as the server's clock now. NOTE: a wrong guess costs a
+        client at most one more download of a small file (its If-None-Match or
+        If-Modified-Since misses); the first answer that shows ETags are not MD5s here
+        turns the guess off, and then this publishes before it returns, as save_thumbnail.
+        The Future gives save_thumbnail()'s FileInfo, or its StorageError.
+        """
+        if not self._md5_etags:
+            return super().publish_thumbnail(coll, name, local_file, source)
+        digest, size = hashlib.md5(), 0
+        with open(local_file, "rb") as rendered:
+            for chunk in iter(lambda: rendered.read(COPY_CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+        etag = digest.hexdigest()
+        now = self.client.clock() + self.client.clock_offset
+        predicted = FileInfo(size, int(now) * 1000000000, '"%s"' % etag)
+
+        def upload():
+            info = self.save_thumbnail(coll, name, local_file, source)
+            if info is not None and _bare(info.etag) != etag and self._md5_etags:
+                self._md5_etags = False
+                logger.info("This S3 server's ETags are not MD5s (%s answered %s): "
+                            "thumbnails are served once they are uploaded",
+                            self.label, info.etag or "no ETag")
+            return info
+
+        return predicted, self._pool().submit(upload)
 
     @_s3_errors
     def thumbnail_is_fresh(self, coll, name, source):
