@@ -130,6 +130,22 @@ def test_fsck_stats_prune_and_pregen_walk_a_bucket(bucket, tmp_path, capsys):
     assert store.thumbnail_is_fresh("Birds", "owl_200.png", store.stat("Birds", "owl.png"))
 
 
+def test_stats_lists_each_area_once(tmp_path):
+    """Stats counts files and temporary objects from one listing per area and kind."""
+    bucket = Bucket(None, "s3-fake", tmp_path)
+    store = bucket.store()
+    save(store, "Fish", "cod.png", samples.png())
+    store.client.put(store.prefix + "fish/originals/.upload-cut.tmp", b"half")
+    store.client.put(store.prefix + "birds/thumbnails/.upload-odd.tmp", b"")
+    before = store.client.requests["list"]
+    out = io.StringIO()
+    assert admin.stats(store, as_json=True, out=out, quiet=True) == 0
+    rows = {row["directory"]: row for row in json.loads(out.getvalue())["directories"]}
+    assert store.client.requests["list"] - before == 2 * len(rows) == 4
+    assert [(rows[d]["originals"], rows[d]["temporary"]) for d in ("birds", "fish")] == [
+        (0, 1), (1, 1)]
+
+
 # ---------------------------------------------------------------------------- migrate
 
 def test_migrate_local_to_bucket_and_back(bucket, tmp_path):

@@ -149,15 +149,17 @@ def _walked_colls(store, coll=None):
     return [area.coll for area in store.areas(coll)]
 
 
-def scan_all(store, wanted, label, quiet=False):
+def scan_all(store, wanted, label, quiet=False, temporary=False):
     """Return {(coll, kind): [Listed]} of store.scan() for each (coll, kind) of `wanted`, in order.
 
+    With `temporary`, each value is store.survey()'s ([Listed], temporary names) instead.
     A progress bar counts the listings: on a bucket each is a LIST per thousand objects.
     """
+    look = store.survey if temporary else store.scan
     found = {}
     with Progress(label + " listing", len(wanted), enabled=not quiet) as bar:
         for coll, kind in wanted:
-            found[(coll, kind)] = store.scan(coll, kind)
+            found[(coll, kind)] = look(coll, kind)
             bar.update()
     return found
 
@@ -406,13 +408,14 @@ def fsck(store, dry_run=False, grace=DEFAULT_GRACE, out=None, quiet=False, now=N
 
 # ---------------------------------------------------------------------------- stats
 
-def _tally(store, coll, kind, listing):
+def _tally(store, coll, kind, surveyed):
     """Return (count, bytes, temporary files, [(size, stored name)]) of `coll`'s `kind`.
 
-    Hidden files other than our temporary ones are not counted: the server never serves
-    them; nor are symbolic links (as before) and names it could never serve.
+    `surveyed` is store.survey()'s. Hidden files other than our temporary ones are not
+    counted: the server never serves them; nor are symbolic links (as before) and names it
+    could never serve.
     """
-    temps = store.list_temporary(coll, kind)
+    listing, temps = surveyed
     files = [(listed.size, store.static_name(coll, listed.name, kind)) for listed in listing
              if is_served(listed) and not listed.link]
     return len(files), sum(size for size, _ in files), len(temps), files
@@ -424,7 +427,8 @@ def stats(store, top=10, as_json=False, out=None, quiet=False):
     rows, largest = [], []
     selected = store.areas()
     found = scan_all(store, [(area.coll, kind) for area in selected
-                             for kind in (storage.ORIGINAL, storage.THUMBNAIL)], "stats", quiet)
+                             for kind in (storage.ORIGINAL, storage.THUMBNAIL)], "stats", quiet,
+                     temporary=True)
     for area in selected:
         originals, thumbs = (_tally(store, area.coll, kind, found[(area.coll, kind)])
                              for kind in (storage.ORIGINAL, storage.THUMBNAIL))

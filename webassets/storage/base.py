@@ -519,6 +519,13 @@ class Store:
         """
         raise NotImplementedError
 
+    def survey(self, coll, kind=ORIGINAL):
+        """Return (scan()'s Listed entries, list_temporary()'s names) of `coll`'s `kind`.
+
+        A store that sees both in one listing overrides it (stats: one pass per area).
+        """
+        return self.scan(coll, kind), self.list_temporary(coll, kind)
+
     def content_md5(self, coll, name, kind=ORIGINAL):
         """Return the hex MD5 of a stored file if known without reading it, else None."""
         self.stat(coll, name, kind)  # MissingFile, as every method

@@ -378,23 +378,25 @@ class FileStore(Store):
 
     def list_temporary(self, coll, kind=ORIGINAL):
         """Return the sorted names of the temporary files and render dirs of `coll`'s `kind`."""
-        directory = self._directory(coll, kind)
-        try:
-            with os.scandir(directory) as entries:
-                return sorted(entry.name for entry in entries
-                              if entry.name.startswith(TEMP_PREFIXES))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        return self.survey(coll, kind)[1]
 
     def scan(self, coll, kind=ORIGINAL):
         """Return the Listed entries of `coll`'s `kind` (all but temporary files), by name."""
+        return self.survey(coll, kind)[0]
+
+    def survey(self, coll, kind=ORIGINAL):
+        """Return (scan(), list_temporary()) of `coll`'s `kind` from one directory read."""
+        found, temporary = [], []
         try:
             with os.scandir(self._directory(coll, kind)) as entries:
-                found = [_listed(entry) for entry in entries
-                         if not entry.name.startswith(TEMP_PREFIXES)]
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIXES):
+                        temporary.append(entry.name)
+                    else:
+                        found.append(_listed(entry))
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(listed for listed in found if listed is not None)
+            return [], []
+        return sorted(listed for listed in found if listed is not None), sorted(temporary)
 
     # -- unfinished work and leases
 

@@ -684,15 +684,12 @@ class S3Store(Store):
         return sorted(name for name in self._names(directory, directory)
                       if not name.startswith("."))
 
-    @_s3_errors
     def list_temporary(self, coll, kind=ORIGINAL):
         """Return the sorted names of the temporary objects (Specify 7 uploads) of `coll`'s `kind`.
 
         Multipart uploads in progress are not objects: fsck finds them by their own listing.
         """
-        directory = self._dir_key(coll, kind)
-        return sorted(name for name in self._names(directory, directory)
-                      if name.startswith(TEMP_PREFIXES))
+        return self.survey(coll, kind)[1]
 
     # -- operating the bucket: admin, migrate, leases
 
@@ -709,24 +706,30 @@ class S3Store(Store):
             return "%s cannot be listed: %s" % (self.label, _translated(ex))
         return None
 
-    @_s3_errors
     def scan(self, coll, kind=ORIGINAL):
         """Return the Listed objects of `coll`'s `kind` from one listing, sorted by name.
 
         md5 is the ETag of a single-part object; a key below a further '/' is never served.
         """
+        return self.survey(coll, kind)[0]
+
+    @_s3_errors
+    def survey(self, coll, kind=ORIGINAL):
+        """Return (scan(), the temporary objects' names) of `coll`'s `kind` from one listing."""
         directory = self._dir_key(coll, kind)
-        found = []
+        found, temporary = [], []
         for obj in self.client.list(directory):
             name = obj.key[len(directory):]
             if name.startswith(TEMP_PREFIXES):
+                if "/" not in name:
+                    temporary.append(name)
                 continue
             match = _MD5_ETAG.match(obj.etag or "")
             # Whole seconds, as stat() has them from Last-Modified (a listing may have ms).
             found.append(Listed(name, obj.size or 0, int(obj.last_modified) * 10 ** 9,
                                 match.group(1).lower() if match else None, False,
                                 SUB_PREFIX if "/" in name else None))
-        return sorted(found)
+        return sorted(found), sorted(temporary)
 
     @_s3_errors
     def content_md5(self, coll, name, kind=ORIGINAL):
