@@ -20,6 +20,7 @@ from tests.fake_s3 import FakeS3Client
 from tests.fakes import ASCII, FakeClock, FakeInput, fake_thumbnailer, tiff_block, with_exif
 from tests.helpers import (COLL, DATE, SP7_BOUNDARY, U6, U7, make_settings, multipart_body,
                            needs_convert, sp6_upload, sp7_upload)
+from tests.s3servers import both_addressings
 from tests.stores import S3Backend, store_snapshot
 from tests.test_protocol import (build, fileget, pseudo_random, put, put_ok, raw_post, req,
                                  thumb, T)
@@ -35,10 +36,12 @@ Usage = collections.namedtuple("Usage", "total used free")
 
 
 @pytest.fixture
-def app(tmp_path, s3_server, request):
+def app(tmp_path, s3_server, addressing, request):
     """Return an app on S3Store, on each real server, in a fresh prefix (CFG-A)."""
-    return build(tmp_path, "A", backend=S3Backend.on(request.node.callspec.params["s3_server"],
-                                                     s3_server))
+    app = build(tmp_path, "A", backend=S3Backend.on(request.node.callspec.params["s3_server"],
+                                                    s3_server, addressing))
+    assert app.store.client.config.addressing == addressing  # (no silent fallback to path)
+    return app
 
 
 def requests(app):
@@ -106,6 +109,7 @@ def test_file_offload_sends_the_bytes_itself(tmp_path, s3_server, request):
 
 # ---------------------------------------------------------------------------- uploads
 
+@both_addressings
 @pytest.mark.parametrize("layout", ["sp7", "sp6"])
 def test_multipart_upload_both_orders(app, layout):
     content = pseudo_random(11 * 1024 * 1024 + 3, 11)  # three 5 MiB parts
