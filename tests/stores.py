@@ -33,23 +33,28 @@ class S3Backend(LocalBackend):
 
     _buckets = {}  # server name -> the session's bucket on it
 
-    def __init__(self, name, server, bucket):
+    def __init__(self, name, server, bucket, addressing="path"):
         self.name = name
         self.server = server
         self.bucket = bucket
+        self.addressing = addressing
 
     @classmethod
-    def on(cls, name, server):
-        """Return the backend on `server` (a session fixture), in the session's bucket there."""
+    def on(cls, name, server, addressing="path"):
+        """Return the backend on `server` (a session fixture), in the session's bucket there.
+
+        addressing "virtual" needs <bucket>.localhost resolved (the `addressing` fixture).
+        """
         if name not in cls._buckets:
             cls._buckets[name] = server.new_bucket("proto")
-        return cls(name, server, cls._buckets[name])
+        return cls(name, server, cls._buckets[name], addressing)
 
     def overrides(self):
         server = self.server
-        return {"STORAGE": "s3", "S3_BUCKET": self.bucket, "S3_ENDPOINT": server.endpoint,
+        return {"STORAGE": "s3", "S3_BUCKET": self.bucket,
+                "S3_ENDPOINT": server.endpoint_for(self.addressing),
                 "S3_REGION": server.region, "S3_ACCESS_KEY": server.access_key,
-                "S3_SECRET_KEY": server.secret_key, "S3_ADDRESSING": "path",
+                "S3_SECRET_KEY": server.secret_key, "S3_ADDRESSING": self.addressing,
                 "S3_PREFIX": "t-%s/" % uuid.uuid4().hex[:12], "S3_PART_SIZE": SMALL_PART,
                 # The diskless path (a temporary key, then a copy); spooling has its own tests.
                 "S3_SPOOL_DIR": None}

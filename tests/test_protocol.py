@@ -22,6 +22,7 @@ from tests.helpers import (
     make_settings, multipart_body, needs_convert, sp6_upload, sp7_upload, token,
 )
 from tests.lifecycle import Sp6Client, Sp7Backend, WSGIClient
+from tests.s3servers import both_addressings
 from tests.stores import (LocalBackend, app_on, everything, is_s3, plant, relative_dir,
                           store_snapshot, stored, stored_files)
 from webassets import auth, config, multipart, storage, thumbnails
@@ -792,6 +793,7 @@ def test_40_downloadname(app):
 
 
 @configs(ALL)
+@both_addressings  # (on S3 only: tests/conftest.py)
 def test_41_range(app):
     put_ok(app, U7, b"0123456789")
     res = get(app, "/fileget", {"coll": COLL, "type": "O", "filename": U7, "token": T(app, U7)},
@@ -1010,6 +1012,7 @@ def test_61_delete_params_in_query_only(app):
 
 @needs_convert
 @configs(THUMB_CFGS)
+@both_addressings
 def test_62_delete_removes_own_thumbnails(app, images):
     for name in (U7, "sp61.att.jpg", "sp612.att.jpg"):
         put_ok(app, name, images["jpeg"])
@@ -1220,6 +1223,7 @@ def test_77_cors_on_every_upload_status(tmp_path, app):
 
 @needs_convert
 @configs(ALL)
+@both_addressings
 def test_78_sp7_lifecycle(app, images):
     client = sp7_client(app, offset=10000)
     client.discover()
@@ -1243,6 +1247,7 @@ def test_78_sp7_lifecycle(app, images):
 
 @needs_convert
 @configs(ALL)
+@both_addressings
 def test_79_sp6_lifecycle(app, images):
     client = sp6_client(app, offset=-10000)
     client.discover()

@@ -6,12 +6,14 @@ import os
 import ssl
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
 
 import pytest
 
 from tests.deploy_util import make_certificate, which
+from tests.s3servers import both_addressings, resolve_localhost
 from webassets.storage import s3client, sigv4
 from webassets.storage.s3client import (AccessDenied, InvalidRange, NoSuchKey, PreconditionFailed,
                                         S3Client, S3Config, S3Error, S3Unavailable)
@@ -20,6 +22,8 @@ MiB = 1024 * 1024
 # Which servers honour PUT If-None-Match: * (conditional writes). Recorded, so a
 # change either way shows up here; `webassets check` reports it for a real bucket.
 CONDITIONAL_WRITES = {"seaweedfs": True, "moto": True}
+# Which servers create buckets whose names have capitals (AWS did before 2018).
+CAPITAL_BUCKETS = {"seaweedfs": False, "moto": True}
 AWKWARD_KEYS = ["with space.jpg", "plus+sign.jpg", "percent%20d.jpg", "tilde~.jpg",
                 "ünïcødé 日本.jpg", "dir/sub/file.jpg", "amp&lt<gt>'quote\".jpg",
                 "query?hash#eq=semi;colon.jpg", "  two  spaces  "]
@@ -37,12 +41,14 @@ def bucket(s3_server):
 
 
 @pytest.fixture
-def client(s3_server, bucket):
-    return s3_server.client(bucket)
+def client(s3_server, bucket, addressing):
+    """Return a client of `bucket`, path-style unless the test asks for both addressings."""
+    return s3_server.client(bucket, addressing=addressing)
 
 
 # --------------------------------------------------------------------------- real servers
 
+@both_addressings
 def test_put_head_get_delete(client):
     etag = client.put("a.txt", b"hello world", content_type="text/plain",
                       metadata={"Origin-Mtime": "1700000000.5"})
@@ -120,7 +126,9 @@ def test_conditional_put(client, s3_server):
         assert client.get_bytes("lease", 0, 99) == b"second"
 
 
-@pytest.mark.parametrize("key", AWKWARD_KEYS)
+# Virtual-hosted, the key is encoded as path-style encodes it: one key with them all.
+@pytest.mark.parametrize("key, addressing", [(key, "path") for key in AWKWARD_KEYS] + [
+    ("/".join(AWKWARD_KEYS), "virtual")], indirect=["addressing"])
 def test_awkward_keys_round_trip(client, key):
     client.put(key, key.encode("utf-8"))
     assert client.head(key).size == len(key.encode("utf-8"))
@@ -205,6 +213,7 @@ def test_upload_file_takes_a_path(client, tmp_path):
     assert client.get_bytes("a.bin", 0, 11 * MiB) == data
 
 
+@both_addressings
 def test_copy_on_the_server(client):
     client.put("from/a b.txt", b"copied", content_type="text/plain", metadata={"m": "1"})
     etag = client.copy("from/a b.txt", "to/ü.txt")
@@ -250,6 +259,7 @@ def test_abort_on_exception_leaves_nothing(client):
         writer.write(b"more")
 
 
+@both_addressings
 def test_list_pages(client):
     keys = ["p/%02d" % n for n in range(7)] + ["p/sub%d/x" % n for n in range(3)]
     for key in keys:
@@ -266,6 +276,7 @@ def test_list_pages(client):
     assert (info.size, info.etag, info.content_type) == (1, client.head("q/other").etag, None)
 
 
+@both_addressings
 def test_list_and_abort_multipart_uploads(client, s3_server):
     writer = client.writer("pending/upload.bin", part_size=5 * MiB)
     writer.write(pattern(5 * MiB + 1))
@@ -292,9 +303,43 @@ def test_list_multipart_uploads_pages(client):
     assert list(client.list_multipart_uploads("pending/")) == []
 
 
-def test_wrong_secret_is_access_denied_without_retries(s3_server, bucket):
+def test_virtual_hosted_requests_name_the_bucket_in_the_host(s3_server, monkeypatch):
+    resolve_localhost(monkeypatch)
+    virtual = s3_server.client("wa-virtual-%s" % uuid.uuid4().hex[:8], addressing="virtual")
+    host, host_header, path = virtual.config.target("k")
+    assert (host, path) == (virtual.config.bucket + ".localhost", "/k")
+    assert host_header == "%s:%d" % (host, virtual.config.port)
+    virtual.create_bucket()
+    virtual.put("dir/from virtual", b"v")
+    path_style = s3_server.client(virtual.config.bucket)
+    path_style.put("dir/from path", b"p")
+    for each in (virtual, path_style):  # one bucket, whichever way it is named
+        assert [info.key for info in each.list("dir/")] == ["dir/from path", "dir/from virtual"]
+    assert virtual.get_bytes("dir/from path", 0, 9) == b"p"
+
+
+@pytest.mark.parametrize("name", ["wa.dotted.%s", "Wa-Capitals-%s"])
+def test_a_bucket_name_that_is_no_host_label_is_addressed_by_path(s3_server, monkeypatch,
+                                                                   caplog, name):
+    resolve_localhost(monkeypatch)
+    client = s3_server.client(name % uuid.uuid4().hex[:8], addressing="virtual")
+    assert client.config.addressing == "path"
+    assert "using path-style addressing" in caplog.text
+    if name[0].isupper() and not CAPITAL_BUCKETS[s3_server.name]:
+        with pytest.raises(S3Error, match="InvalidBucketName"):
+            client.create_bucket()
+        return
+    # Virtual-hosted, moto would look for bucket "wa", and the capitals would be lost.
+    client.create_bucket()
+    client.put("k", b"by path")
+    assert client.get_bytes("k", 0, 99) == b"by path"
+
+
+@both_addressings
+def test_wrong_secret_is_access_denied_without_retries(s3_server, bucket, addressing):
     pauses = []
-    config = s3_server.config(bucket, secret_key="not-the-secret", retries=4)
+    config = s3_server.config(bucket, secret_key="not-the-secret", retries=4,
+                              addressing=addressing)
     bad = S3Client(config, sleep=pauses.append)
     for attempt in (lambda: bad.put("x", b"data"), lambda: bad.head("x"),
                     lambda: list(bad.list(""))):
@@ -359,7 +404,7 @@ def test_uri_encoding():
         "prefix=a%20b&uploads="
 
 
-def test_addressing():
+def test_addressing(caplog):
     aws = S3Config("my-bucket", region="eu-west-1", access_key="a", secret_key="s")
     assert (aws.addressing, aws.endpoint) == ("virtual", "https://s3.eu-west-1.amazonaws.com")
     assert aws.target("dir/a b") == ("my-bucket.s3.eu-west-1.amazonaws.com",
@@ -377,6 +422,21 @@ def test_addressing():
     virtual = S3Config("b1", endpoint="https://sos.example:8443", addressing="virtual",
                        access_key="a", secret_key="s")
     assert virtual.target("k") == ("b1.sos.example", "b1.sos.example:8443", "/k")
+    assert caplog.text == ""  # "auto" chose path for my.bucket: nothing to warn about
+
+
+@pytest.mark.parametrize("bucket, endpoint", [
+    ("my.bucket", None), ("my.bucket", "http://s3.example"), ("My-Bucket", "http://s3.example"),
+    ("my_bucket", "http://s3.example"), ("b" * 64, "http://s3.example"),
+    ("-b1", "http://s3.example"), ("b1", "http://127.0.0.1:9000"), ("b1", "https://[::1]"),
+])
+def test_virtual_falls_back_to_path_where_no_host_name_can_name_the_bucket(
+        bucket, endpoint, caplog):
+    config = S3Config(bucket, endpoint=endpoint, addressing="virtual", access_key="a",
+                      secret_key="s")
+    assert config.addressing == "path"
+    assert config.target("k")[2] == "/%s/k" % bucket
+    assert "cannot be addressed virtual-hosted" in caplog.text
 
 
 @pytest.mark.parametrize("values, problem", [

@@ -35,10 +35,12 @@ Usage = collections.namedtuple("Usage", "total used free")
 
 
 @pytest.fixture
-def app(tmp_path, s3_server, request):
+def app(tmp_path, s3_server, addressing, request):
     """Return an app on S3Store, on each real server, in a fresh prefix (CFG-A)."""
-    return build(tmp_path, "A", backend=S3Backend.on(request.node.callspec.params["s3_server"],
-                                                     s3_server))
+    app = build(tmp_path, "A", backend=S3Backend.on(request.node.callspec.params["s3_server"],
+                                                    s3_server, addressing))
+    assert app.store.client.config.addressing == addressing  # (no silent fallback to path)
+    return app
 
 
 def requests(app):
@@ -106,7 +108,9 @@ def test_file_offload_sends_the_bytes_itself(tmp_path, s3_server, request):
 
 # ---------------------------------------------------------------------------- uploads
 
-@pytest.mark.parametrize("layout", ["sp7", "sp6"])
+# Virtual-hosted: Specify 7's order (create, parts, complete, then a copy) covers the calls.
+@pytest.mark.parametrize("layout, addressing", [("sp7", "path"), ("sp6", "path"),
+                                                ("sp7", "virtual")], indirect=["addressing"])
 def test_multipart_upload_both_orders(app, layout):
     content = pseudo_random(11 * 1024 * 1024 + 3, 11)  # three 5 MiB parts
     before = requests(app)

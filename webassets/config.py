@@ -291,7 +291,8 @@ SCHEMA = (
     Setting("S3_SECRET_KEY", None, _optional(_text),
             "secret access key; None: AWS_SECRET_ACCESS_KEY from the environment"),
     Setting("S3_ADDRESSING", "auto", _choice("auto", "path", "virtual"),
-            "'path' (host/bucket/key), 'virtual' (bucket.host/key) or 'auto'"),
+            "'path' (host/bucket/key), 'virtual' (bucket.host/key; path for a bucket name "
+            "that cannot be a host name) or 'auto' (virtual on AWS, else path)"),
     Setting("S3_CA_FILE", None, _optional(_readable_file),
             "PEM file of the CA that signed the endpoint's certificate; None: the system's"),
     Setting("S3_PART_SIZE", 8 * 1024 ** 2, _integer(5 * 1024 ** 2, 5 * 1024 ** 3),

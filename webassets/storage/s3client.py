@@ -3,6 +3,7 @@
 import email.utils
 import hashlib
 import http.client
+import ipaddress
 import logging
 import os
 import random
@@ -39,7 +40,10 @@ DRAIN_LIMIT = 64 * 1024  # an unread rest up to this is read to keep the connect
 IDLE_PER_HOST = 4  # idle keep-alive connections kept per thread and host
 # Errors that mean a kept-alive connection was closed by the server before our request.
 STALE_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
+# A bucket name that can be the first label of a host name (virtual-hosted addressing).
+# Names with dots are left out: a *.host certificate covers one label only, and servers
+# disagree on them (moto takes the first label of the host name as the bucket).
+DNS_BUCKET = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 class S3Config:
@@ -48,8 +52,11 @@ class S3Config:
     Credentials default to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and
     AWS_SESSION_TOKEN with them) from `environ`; endpoint None is AWS's
     https://s3.<region>.amazonaws.com. addressing: "path" (https://host/bucket/key),
-    "virtual" (https://bucket.host/key) or "auto" (virtual on AWS for bucket names that
-    are one DNS label, else path). S3ConfigError if this cannot work.
+    "virtual" (https://bucket.host/key) or "auto" (virtual on AWS, else path).
+    Virtual-hosted addressing needs a bucket name that is one DNS label (lowercase
+    letters, digits, hyphens) and an endpoint named by a host name, not an IP address;
+    for other buckets path-style is used (with a warning if "virtual" was asked for).
+    S3ConfigError if this cannot work.
     """
 
     def __init__(self, bucket, endpoint=None, region="us-east-1", access_key=None,
@@ -86,10 +93,16 @@ class S3Config:
         except ValueError:
             raise S3ConfigError("S3 endpoint %r has a bad port" % (self.endpoint,)) from None
         self.host_header = parts.netloc.rpartition("@")[2].lower()
-        if addressing == "auto":
-            addressing = ("virtual" if endpoint is None and DNS_BUCKET.match(bucket)
-                          else "path")
         self.addressing = addressing
+        if addressing == "auto":
+            self.addressing = "virtual" if endpoint is None else "path"
+        problem = (_virtual_host_problem(bucket, self.host) if self.addressing == "virtual"
+                   else None)
+        if problem is not None:
+            if addressing == "virtual":
+                logger.warning("S3 bucket %r cannot be addressed virtual-hosted (%s): "
+                               "using path-style addressing", bucket, problem)
+            self.addressing = "path"
         self.ca_file = ca_file or None
         self.timeout = float(timeout)
         self.retries = int(retries)
@@ -100,6 +113,18 @@ class S3Config:
         if self.addressing == "virtual":
             return self.bucket + "." + self.host, self.bucket + "." + self.host_header, path
         return self.host, self.host_header, "/" + self.bucket + ("" if key is None else path)
+
+
+def _virtual_host_problem(bucket, host):
+    """Return why <bucket>.<host> cannot name the bucket, or None if it can."""
+    if not DNS_BUCKET.match(bucket):
+        # Host names ignore case: a bucket with capitals (AWS allowed them once) is lost.
+        return "the name is not one DNS label of lowercase letters, digits and hyphens"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return "the endpoint is the IP address %s" % host
 
 
 class Stats:
