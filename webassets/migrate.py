@@ -39,27 +39,30 @@ class _Item(NamedTuple):
 
 
 class _Digests:
-    """MD5 and SHA-256 of a stream of bytes, as they pass."""
+    """The MD5 and the SHA-256 of a stream of bytes, as they pass (None: not wanted)."""
 
-    def __init__(self):
-        self.md5 = hashlib.md5()
-        self.sha256 = hashlib.sha256()
+    def __init__(self, md5=True, sha256=True):
+        self.md5 = hashlib.md5() if md5 else None
+        self.sha256 = hashlib.sha256() if sha256 else None
         self.size = 0
 
     def update(self, data):
-        """Add `data` to both digests."""
-        self.md5.update(data)
-        self.sha256.update(data)
+        """Add `data` to the digests."""
+        for digest in (self.md5, self.sha256):
+            if digest is not None:
+                digest.update(data)
         self.size += len(data)
 
 
-def _read_digests(store, coll, name, kind):
-    """Read a stored file through; return its _Digests. MissingFile, OSError, StorageError."""
-    digests = _Digests()
+def _read_digest(store, coll, name, kind, digest):
+    """Read a stored file through `digest` (a hashlib object); return the digest.
+
+    MissingFile, OSError, StorageError.
+    """
     with store.open(coll, name, kind, WHOLE) as handle:
         for data in iter(lambda: handle.read(storage.COPY_CHUNK), b""):
-            digests.update(data)
-    return digests
+            digest.update(data)
+    return digest
 
 
 def _multipart_etag(store, coll, name, kind, part_size):
@@ -202,11 +205,14 @@ class _Migration:
         if target.md5 or source.md5:
             # One side knows its MD5 unread (a bucket's ETag): read only the other side.
             store, known = (self.source, target.md5) if target.md5 else (self.target, source.md5)
-            return _read_digests(store, item.coll, source.name, item.kind).md5.hexdigest() == known
+            return _read_digest(store, item.coll, source.name, item.kind,
+                                hashlib.md5()).hexdigest() == known
         if self._same_parts(item):
             return True
-        return (_read_digests(self.source, item.coll, source.name, item.kind).sha256.digest()
-                == _read_digests(self.target, item.coll, source.name, item.kind).sha256.digest())
+        return (_read_digest(self.source, item.coll, source.name, item.kind,
+                             hashlib.sha256()).digest()
+                == _read_digest(self.target, item.coll, source.name, item.kind,
+                                hashlib.sha256()).digest())
 
     def _same_parts(self, item):
         """Tell whether one side is a multipart object whose ETag the other side's parts make.
@@ -225,8 +231,16 @@ class _Migration:
         return False
 
     def _copy(self, item):
-        """Copy one file into the target atomically; return the _Digests of what was sent."""
-        digests = _Digests()
+        """Copy one file into the target atomically; return the _Digests of what was sent.
+
+        The digests its verification can use: a file the target stores in parts has no
+        MD5 ETag to check (and MD5 is the slower one), and --verify size needs no SHA-256.
+        """
+        part_size = self.target.part_size
+        if part_size and item.source.size > part_size:
+            digests = _Digests(md5=False, sha256=self.verify != VERIFY_SIZE)
+        else:
+            digests = _Digests()
         with self.source.open(item.coll, item.source.name, item.kind, WHOLE) as handle:
             if item.kind == storage.ORIGINAL:
                 # The name is known: a bucket takes the bytes straight at its key.
@@ -268,14 +282,15 @@ class _Migration:
         part's SHA-256 as it arrived: SigV4 signs the payload).
         """
         name = item.source.name
-        md5 = self.target.content_md5(item.coll, name, item.kind)
+        md5 = (self.target.content_md5(item.coll, name, item.kind)
+               if written.md5 is not None else None)
         if md5 is not None:
             same = md5 == written.md5.hexdigest()
         elif self.verify == VERIFY_SIZE:
             same = self.target.stat(item.coll, name, item.kind).size == written.size
         else:
-            same = (_read_digests(self.target, item.coll, name, item.kind).sha256.digest()
-                    == written.sha256.digest())
+            same = (_read_digest(self.target, item.coll, name, item.kind,
+                                 hashlib.sha256()).digest() == written.sha256.digest())
         if not same:
             # The bad copy is this run's own, and newer than the source's file: left there,
             # the next run would keep it as "newer in the target".
