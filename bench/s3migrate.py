@@ -181,9 +181,11 @@ def _rows(ctx, times, size, files):
         "against the boto3 script. Each of %d rounds runs the four back to back, the order "
         "alternating; the ratios are medians of the rounds' ratios. The default "
         "verification reads back what the bucket cannot vouch for by an MD5 ETag "
-        "(multipart objects); --verify size does not. The second pass finds every file "
-        "equal (MD5 ETags, else SHA-256 of both copies), against sync's own second pass "
-        "(size and date)." % (JOBS, SMALL_COUNT, JOBS, ctx.params["migrate_reps"]))
+        "(multipart objects), in one streamed GET each; --verify size does not. The second "
+        "pass finds every file equal by content, reading only the local copies (single-part "
+        "ETags are MD5s; a multipart ETag is matched by the MD5s of the local file's 8 MiB "
+        "parts), against sync's own second pass (sizes and dates only)."
+        % (JOBS, SMALL_COUNT, JOBS, ctx.params["migrate_reps"]))
 
 
 CASES = (("s3_migrate", s3_migrate),)
