@@ -6,7 +6,6 @@ as migrate's --jobs; bench/s3boto.py `tree`), and `aws s3 sync` of the directory
 """
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -14,7 +13,7 @@ import subprocess
 import time
 
 import client
-from s3cases import BOTO, seaweedfs
+from s3cases import boto, seaweedfs
 
 from webassets import migrate
 from webassets.storage import FileStore
@@ -26,6 +25,7 @@ logger = logging.getLogger(__name__)
 JOBS = 4
 SMALL = 1024 * 1024  # a photo-sized original
 SMALL_COUNT = 48
+FILES = SMALL_COUNT + 2  # and two large ones
 
 
 def s3_migrate(ctx):
@@ -50,16 +50,6 @@ def _local_store(ctx):
         os.link(big, store.local_path(None, "scan-%d.tif" % number))
         names.append("scan-%d.tif" % number)
     return store, names
-
-
-def _boto3_tree(python, server, bucket, prefix, top):
-    """Upload the tree `top` to `prefix` with boto3 (s3boto.py tree); return seconds."""
-    result = subprocess.run([python, BOTO, "tree", server.endpoint, server.region,
-                             server.access_key, server.secret_key, bucket, prefix, top,
-                             str(JOBS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if result.returncode != 0:
-        raise RuntimeError("boto3 tree upload failed: %s" % result.stderr.decode()[-1000:])
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])["seconds"]
 
 
 class AwsSync:
@@ -103,15 +93,19 @@ def _aws_cli(python):
     return aws if os.access(aws, os.X_OK) else None
 
 
-def _migrate(local, server, bucket, prefix, verify=migrate.VERIFY_READ):
-    """Run `webassets migrate` of `local` into `prefix`; return its seconds."""
+def _migrate(local, server, bucket, prefix, verify=migrate.VERIFY_READ,
+             expect="copied %d (" % FILES):
+    """Run `webassets migrate` of `local` into `prefix`; return its seconds.
+
+    RuntimeError unless it succeeded and its summary says `expect`.
+    """
     target = S3Store(S3Client(server.config(bucket)), prefix)
+    out = io.StringIO()
     began = time.perf_counter()
-    status = migrate.migrate(local, target, jobs=JOBS, verify=verify, out=io.StringIO(),
-                             quiet=True)
+    status = migrate.migrate(local, target, jobs=JOBS, verify=verify, out=out, quiet=True)
     seconds = time.perf_counter() - began
-    if status != 0:
-        raise RuntimeError("migrate into %s failed" % target.location())
+    if status != 0 or expect not in out.getvalue():
+        raise RuntimeError("migrate into %s: %s" % (target.location(), out.getvalue()))
     return seconds
 
 
@@ -128,7 +122,8 @@ def _s3_migrate(ctx, python, server):
     times = {"boto3": [], "migrate": [], "size": [], "sync": [], "again": [], "sync_again": []}
     for rep in range(ctx.params["migrate_reps"]):
         logger.info("S3 migrate, round %d", rep + 1)
-        steps = [("boto3", lambda: _boto3_tree(python, server, bucket, "boto3-%d/" % rep, top)),
+        steps = [("boto3", lambda: boto(python, server, "tree", bucket, "boto3-%d/" % rep, top,
+                                        str(JOBS))),
                  ("migrate", lambda: _migrate(local, server, bucket, "migrate-%d/" % rep)),
                  ("size", lambda: _migrate(local, server, bucket, "size-%d/" % rep,
                                            migrate.VERIFY_SIZE))]
@@ -137,7 +132,8 @@ def _s3_migrate(ctx, python, server):
         # Back to back, the order alternating: each ratio's sides share the background load.
         for name, step in (steps if rep % 2 == 0 else steps[::-1]):
             times[name].append(step())
-        times["again"].append(_migrate(local, server, bucket, "migrate-%d/" % rep))
+        times["again"].append(_migrate(local, server, bucket, "migrate-%d/" % rep,
+                                       expect="copied 0 (0 B), already there %d," % FILES))
         if sync is not None:
             times["sync_again"].append(sync(top, bucket, "sync-%d/" % rep))
     shutil.rmtree(local.base_dir, ignore_errors=True)
