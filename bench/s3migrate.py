@@ -136,8 +136,22 @@ def _s3_migrate(ctx, python, server):
                                        expect="copied 0 (0 B), already there %d," % FILES))
         if sync is not None:
             times["sync_again"].append(sync(top, bucket, "sync-%d/" % rep))
+    _check_floors(S3Client(server.config(bucket)), ["boto3"] + ["sync"] * (sync is not None),
+                  ctx.params["migrate_reps"], size)
     shutil.rmtree(local.base_dir, ignore_errors=True)
     _rows(ctx, times, size, len(names))
+
+
+def _check_floors(s3, floors, rounds, size):
+    """Each floor's prefixes hold the FILES files, `size` bytes in all; else RuntimeError."""
+    for floor in floors:
+        for rep in range(rounds):
+            prefix = "%s-%d/" % (floor, rep)
+            objects = list(s3.list(prefix))
+            found = (len(objects), sum(obj.size for obj in objects))
+            if found != (FILES, size):
+                raise RuntimeError("the %s floor left %d objects (%d bytes) in %s"
+                                   % ((floor,) + found + (prefix,)))
 
 
 def _paired(times, ours, floor):
