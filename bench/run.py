@@ -27,13 +27,13 @@ import soak  # noqa: E402
 logger = logging.getLogger("bench")
 
 FULL = {"big_mib": 512, "get_seconds": 4, "get_rounds": 3, "big_reps": 5, "upload_reps": 4,
-        "cold_reps": 9, "unhinted_reps": 3, "pregen_rounds": 3, "cached_reqs": 200,
-        "mixed_seconds": 60,
+        "cold_reps": 9, "migrate_reps": 2, "unhinted_reps": 3, "pregen_rounds": 3,
+        "cached_reqs": 200, "mixed_seconds": 60,
         "meta_seconds": 8, "slow_seconds": 30, "slow_floor_seconds": 10,
         "soak_seconds": 600}
 QUICK = {"big_mib": 64, "get_seconds": 1, "get_rounds": 1, "big_reps": 3, "upload_reps": 2,
-         "cold_reps": 5, "unhinted_reps": 1, "pregen_rounds": 1, "cached_reqs": 40,
-         "mixed_seconds": 8,
+         "cold_reps": 5, "migrate_reps": 2, "unhinted_reps": 1, "pregen_rounds": 1,
+         "cached_reqs": 40, "mixed_seconds": 8,
          "meta_seconds": 1, "slow_seconds": 8, "slow_floor_seconds": 4,
          "soak_seconds": 60}
 

@@ -3,6 +3,7 @@
     python s3boto.py upload|download|get ENDPOINT REGION ACCESS SECRET BUCKET KEY FILE
     python s3boto.py gets ENDPOINT REGION ACCESS SECRET BUCKET KEY COUNT
     python s3boto.py transfers ENDPOINT REGION ACCESS SECRET BUCKET KEY COUNT THUMB_KEY
+    python s3boto.py tree ENDPOINT REGION ACCESS SECRET BUCKET PREFIX DIR JOBS
 
 upload: upload_file(FILE) (boto3's multipart transfer, its defaults); download:
 download_fileobj into FILE (boto3's ranged, concurrent download); get: one
@@ -12,11 +13,16 @@ transfers: COUNT times what a cold thumbnail on a bucket adds to a local one: ge
 KEY (the original) read to the end, then put_object of THUMB_KEY's bytes; prints {"ms": [each]}.
 COUNT "cue": one such timing per line read from stdin, each printed (ms) on its own line,
 until stdin ends (so the benchmark can pair each with its own requests).
+tree: every file under DIR uploaded to PREFIX + its relative path, upload_file (its
+defaults) per file on a pool of JOBS threads sharing one client, as a sysadmin's copy
+script would; prints {"seconds": s, "files": n, "bytes": b} timed around the transfers.
 """
 
 import json
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import botocore.config
@@ -39,6 +45,21 @@ def _timed_transfers(client, bucket, key, thumb):
     return (time.perf_counter() - began) * 1000.0
 
 
+def _tree(client, bucket, prefix, top, jobs):
+    """Upload every file under `top` to prefix + its relative path; return (files, bytes)."""
+    paths = sorted(os.path.join(directory, name) for directory, _, names in os.walk(top)
+                   for name in names)
+
+    def upload(path):
+        key = prefix + os.path.relpath(path, top).replace(os.sep, "/")
+        client.upload_file(path, bucket, key)
+        return os.path.getsize(path)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        sizes = list(pool.map(upload, paths))
+    return len(paths), sum(sizes)
+
+
 def main(argv):
     op, endpoint, region, access_key, secret_key, bucket, key, path = argv[1:9]
     client = boto3.client(
@@ -58,6 +79,12 @@ def main(argv):
         thumb = client.get_object(Bucket=bucket, Key=argv[9])["Body"].read()
         print(json.dumps({"ms": [_timed_transfers(client, bucket, key, thumb)
                                  for _ in range(int(path))]}))
+        return
+    if op == "tree":
+        began = time.perf_counter()
+        files, size = _tree(client, bucket, key, path, int(argv[9]))
+        print(json.dumps({"seconds": time.perf_counter() - began, "files": files,
+                          "bytes": size}))
         return
     began = time.perf_counter()
     if op == "upload":

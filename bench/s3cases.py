@@ -41,11 +41,11 @@ def tools_python():
     return python if probe.returncode == 0 else None
 
 
-def boto(python, server, op, bucket, key, path):
-    """Run one boto3 transfer (bench/s3boto.py); return its seconds."""
+def boto(python, server, op, bucket, key, path, *more):
+    """Run one boto3 transfer (bench/s3boto.py `op`, with `more` arguments); return seconds."""
     result = subprocess.run([python, BOTO, op, server.endpoint, server.region,
-                             server.access_key, server.secret_key, bucket, key, path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             server.access_key, server.secret_key, bucket, key, path]
+                            + list(more), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if result.returncode != 0:
         raise RuntimeError("boto3 %s failed: %s" % (op, result.stderr.decode()[-1000:]))
     return json.loads(result.stdout.decode().strip().splitlines()[-1])["seconds"]

@@ -557,6 +557,32 @@ def test_unreachable_bucket_is_503_and_denied_is_502(tmp_path):
     assert res.status == 502 and b"originals" not in res.body
 
 
+def test_a_connection_lost_while_a_get_is_read_is_a_storage_error(monkeypatch):
+    client = FakeS3Client()
+    store = S3Store(client)
+    staged = store.stage(None, name="a.bin")
+    staged.write(b"x" * 100)
+    store.save_original(None, "a.bin", staged)
+    get = client.get
+
+    def cut_off(*args, **kwargs):
+        result = get(*args, **kwargs)
+        result.read = result.readinto = lambda *args: _raise(
+            S3Unavailable(0, "ConnectionError", "reading: reset"))
+        return result
+
+    monkeypatch.setattr(client, "get", cut_off)
+    with store.open(None, "a.bin", options=storage.ReadOptions()) as handle:
+        with pytest.raises(storage.StoreUnavailable):
+            handle.read(10)
+        with pytest.raises(storage.StoreUnavailable):
+            handle.file.readinto(bytearray(10))
+
+
+def _raise(error):
+    raise error
+
+
 # ---------------------------------------------------------------------------- settings
 
 def test_s3_without_a_bucket_is_a_config_error(tmp_path):

@@ -172,6 +172,8 @@ class Listed(NamedTuple):
     md5: Optional[str] = None  # hex MD5 of the content, when the store knows it unread
     link: bool = False  # a symbolic link (a filesystem store): put there by hand
     problem: Optional[str] = None  # why the server can never serve this entry, else None
+    # A multipart object's ETag, "<hex MD5 of its parts' MD5s>-<parts>" (md5 is None then).
+    multipart_etag: Optional[str] = None
 
 
 class Unfinished(NamedTuple):
@@ -314,6 +316,7 @@ class Store:
     """
 
     remote = False  # True for a store over the network (a bucket): its outages may pass
+    part_size = None  # the part size of the multipart uploads it makes (a bucket), else None
 
     def prepare(self):
         """Create what the store needs before its first request; OSError if it cannot."""

@@ -45,6 +45,7 @@ PROBE_TTL = 30.0  # seconds problem() trusts a passing probe (readiness probes c
 CLOCK_WARN_SECONDS = 30  # `check` warns about a clock this far off the server's
 SUB_PREFIX = "key below a sub-prefix"  # Listed.problem: originals/a/b.jpg is never served
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?\Z')  # a single-part, unencrypted object's ETag
+_MULTIPART_ETAG = re.compile(r'"?([0-9a-fA-F]{32}-[1-9][0-9]{0,4})"?\Z')  # MD5 of parts' MD5s
 
 
 def _translated(error):
@@ -166,6 +167,25 @@ class RangedReader(io.RawIOBase):
             raise StoreFailed("S3 object %s ended before its size %d" % (self.key, self.size))
         self.fetched += len(data)
         self._buffer, self._buffer_at = data, self._pos
+
+
+class _Streamed:
+    """A GET's body (the client's GetResult): a connection lost while reading it is a
+    StoreUnavailable, as every other failure of the store."""
+
+    def __init__(self, result):
+        self.result = result
+
+    @_s3_errors
+    def read(self, size=-1):
+        return self.result.read(size)
+
+    @_s3_errors
+    def readinto(self, buffer):
+        return self.result.readinto(buffer)
+
+    def close(self):
+        self.result.close()
 
 
 class S3Upload:
@@ -439,7 +459,7 @@ class S3Store(Store):
             # SeaweedFS and moto send no Last-Modified with a 304; the local store does.
             obj = result.info if result.info.last_modified is not None else self.client.head(key)
             return _answer(obj, 304), obj
-        return StoredFile(result, _info(result.info), status=result.status,
+        return StoredFile(_Streamed(result), _info(result.info), status=result.status,
                           content_range=result.content_range), result.info
 
     @_s3_errors
@@ -709,7 +729,8 @@ class S3Store(Store):
     def scan(self, coll, kind=ORIGINAL):
         """Return the Listed objects of `coll`'s `kind` from one listing, sorted by name.
 
-        md5 is the ETag of a single-part object; a key below a further '/' is never served.
+        md5 is the ETag of a single-part object, multipart_etag that of a multipart one; a
+        key below a further '/' is never served.
         """
         return self.survey(coll, kind)[0]
 
@@ -725,10 +746,12 @@ class S3Store(Store):
                     temporary.append(name)
                 continue
             match = _MD5_ETAG.match(obj.etag or "")
+            parts = _MULTIPART_ETAG.match(obj.etag or "")
             # Whole seconds, as stat() has them from Last-Modified (a listing may have ms).
             found.append(Listed(name, obj.size or 0, int(obj.last_modified) * 10 ** 9,
                                 match.group(1).lower() if match else None, False,
-                                SUB_PREFIX if "/" in name else None))
+                                SUB_PREFIX if "/" in name else None,
+                                parts.group(1).lower() if parts else None))
         return sorted(found), sorted(temporary)
 
     @_s3_errors
