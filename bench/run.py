@@ -43,6 +43,8 @@ CASES = (cases.CASES + s3cases.CASES + s3migrate.CASES
 NOTES = [
     "This machine has {cpus} CPUs and the load generator (wrk, or the Python client) runs on "
     "them too, so every figure is shared with the client; the floors pay the same tax.",
+    "Each case starts after a sync(2), so writeback left by the case before (e.g. 512 MiB "
+    "uploads) does not land in its timings.",
     "wrk runs one thread (`-t1`, `--timeout 10s`, `--latency`); its p50/p99 are per request. "
     "`python -m http.server` speaks HTTP/1.0 and closes every connection, so wrk reconnects "
     "for it; read errors from those closes are not counted as errors.",
@@ -179,6 +181,9 @@ def run(args):
             if selected is not None and name not in selected:
                 continue
             logger.info("Case %s", name)
+            # Each case starts with no dirty pages of the one before (a 512 MiB case leaves
+            # seconds of writeback that would land in the next case's timings).
+            os.sync()
             try:
                 case(ctx)
             except Exception as ex:  # one broken case must not lose the others' results
