@@ -780,6 +780,7 @@ class Thumbnailer:
             self._remember_failure(want.failure_key, ex)
 
     def _end_flight(self, flight: _Flight, want: "_Want") -> None:
+        """Forget the flight and wake the requests waiting for it."""
         with self._lock:
             del self._flights[want.key]
             self._pending -= 1
