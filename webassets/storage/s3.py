@@ -170,8 +170,11 @@ class RangedReader(io.RawIOBase):
 
 
 class _Streamed:
-    """A GET's body (the client's GetResult): a connection lost while reading it is a
-    StoreUnavailable, as every other failure of the store."""
+    """Read a GET's body (the client's GetResult) with the store's errors.
+
+    A connection lost while reading it is a StoreUnavailable, as every other failure of
+    the store.
+    """
 
     def __init__(self, result):
         self.result = result
