@@ -329,6 +329,14 @@ class MemoryStore(storage.Store):
             self.leases[name] = (lease.token, self.clock(), ttl)
             return lease
 
+    def renew(self, lease):
+        name = storage.lease_name(lease.key)
+        with self._lock:
+            if self.leases.get(name, (None,))[0] != lease.token:
+                return False
+            self.leases[name] = (lease.token, self.clock(), lease.ttl)
+            return True
+
     def release(self, lease):
         name = storage.lease_name(lease.key)
         with self._lock:

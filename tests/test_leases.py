@@ -74,6 +74,24 @@ def test_a_dead_holders_lease_is_taken_over_once_it_expires():
     assert store.leases == {}  # ours, given back
 
 
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_a_leader_slower_than_its_lease_keeps_it_renewed(tmp_path, kind):
+    """A render outlasting the lease's ttl: the lease is renewed, so nobody takes it over."""
+    store = FileStore(str(tmp_path / "store")) if kind == "file" else MemoryStore()
+    save(store, "a.png", coll=None)
+    renderer = FakeRenderer(delay=1.5)
+    leader, other = instances(store, renderer)
+    for engine in (leader, other):
+        engine.lease_ttl = 1.0  # renewed every third of it, while the render takes 1.5 s
+    first = threading.Thread(target=leader.thumbnail_of, args=(store, None, "a.png", 64))
+    first.start()
+    assert renderer.first.wait(5)
+    assert other.thumbnail_of(store, None, "a.png", 64) == ("a_64.png", "image/png")
+    first.join(5)
+    assert len(renderer.calls) == 1
+    assert store.unfinished() == []  # given back, not written back by a late renewal
+
+
 class _HeldForever(MemoryStore):
     """A store whose lease is always someone else's (a holder renewing it, a clock far off)."""
 

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import threading
+import time
 import uuid
 
 import pytest
@@ -197,6 +198,26 @@ def test_leases_race_to_one_holder(any_store):
     for thread in threads:
         thread.join()
     assert len(won) == 1
+
+
+def test_a_lease_is_renewed_by_its_holder_only(any_store):
+    lease = any_store.try_lease("thumbnail x", 60)
+    stranger = lease._replace(token="someone else's")
+    assert any_store.renew(lease) and not any_store.renew(stranger)
+    assert any_store.try_lease("thumbnail x", 60) is None  # still held, by its token
+    any_store.release(lease)
+    assert not any_store.renew(lease)  # gone: a renewal never writes it back
+    assert any_store.unfinished() == []
+
+
+def test_a_renewed_lease_is_dated_again(tmp_path):
+    store = FileStore(str(tmp_path / "store"))
+    lease = store.try_lease("thumbnail x", 60)
+    (path,) = [item.handle for item in store.unfinished()]
+    os.utime(path, (1000, 1000))  # taken long ago: expired
+    assert store.renew(lease)
+    assert time.time() - os.stat(path).st_mtime < 60
+    assert store.try_lease("thumbnail x", 60) is None
 
 
 def test_filestore_lease_being_written_counts_as_held(tmp_path):

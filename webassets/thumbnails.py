@@ -881,9 +881,10 @@ class Thumbnailer:
             if waited >= self.lease_ttl:
                 lease = self._try_lease(want)  # the holder may have died: its lease expired
         try:
-            # Checked again under the lease: a holder may have published and released it
-            # between our first look and our taking the lease.
-            yield not want.is_fresh()
+            with self._renewing(want, lease):
+                # Checked again under the lease: a holder may have published and released
+                # it between our first look and our taking the lease.
+                yield not want.is_fresh()
         finally:
             if lease not in (None, _NO_LEASE):
                 try:
@@ -891,6 +892,39 @@ class Thumbnailer:
                 except (OSError, StorageError) as ex:
                     logger.warning("Cannot release the lease on %s (it expires): %s",
                                    want.lease_key, ex)
+
+    @contextlib.contextmanager
+    def _renewing(self, want: "_Want", lease):
+        """Renew `lease` every third of its ttl on a thread while the caller holds it.
+
+        A leader may wait for a slot, fetch a large original and upload for longer than a
+        lease lasts; renewed, the lease keeps the other instances waiting for its thumbnail
+        instead of rendering it too. The thread is joined before the lease is released (a
+        renewal after the release would write it back).
+        """
+        if lease in (None, _NO_LEASE):
+            yield
+            return
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._keep, args=(want, lease, stop), daemon=True,
+                                   name="thumbnail-lease")
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+
+    def _keep(self, want: "_Want", lease, stop: threading.Event) -> None:
+        """Renew `lease` each third of its ttl until `stop` is set or the lease is lost."""
+        while not stop.wait(lease.ttl / 3):
+            try:
+                if not want.store.renew(lease):
+                    logger.warning("Lost the lease on %s (it expired): another instance may "
+                                   "render it too", want.lease_key)
+                    return
+            except (OSError, StorageError) as ex:
+                logger.warning("Cannot renew the lease on %s: %s", want.lease_key, ex)
 
     def _try_lease(self, want: "_Want"):
         """Return the store's lease on the thumbnail, None if held, _NO_LEASE on a store error."""

@@ -557,6 +557,14 @@ class Store:
         """
         raise NotImplementedError
 
+    def renew(self, lease):
+        """Hold a Lease for its ttl again from now, if it is still this holder's.
+
+        Return False if it is not (gone, or expired and taken over). The holder renews
+        well before it expires: nobody takes over a lease in time.
+        """
+        raise NotImplementedError
+
     def release(self, lease):
         """Give a Lease back if it is still this holder's; never raises for one gone."""
         raise NotImplementedError

@@ -488,6 +488,18 @@ class FileStore(Store):
         finally:
             os.unlink(aside)
 
+    def renew(self, lease):
+        """Date the lease file now if it still holds `lease`'s token (its mtime is its start)."""
+        path = os.path.join(self.base_dir, LEASE_DIR, lease_name(lease.key))
+        try:
+            with open(path, "rb") as handle:
+                if lease_holder(handle.read(), lease.ttl)[0] != lease.token:
+                    return False
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        return True
+
     def release(self, lease):
         """Remove the lease file if it still holds `lease`'s token."""
         path = os.path.join(self.base_dir, LEASE_DIR, lease_name(lease.key))

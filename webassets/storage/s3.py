@@ -828,14 +828,32 @@ class S3Store(Store):
         self.client.delete(lease_key)
         return True
 
-    @_s3_errors
-    def release(self, lease):
-        """Delete the lease object if it still holds `lease`'s token."""
+    def _holds(self, lease):
+        """Return the lease object's key if it holds `lease`'s token, else None."""
         lease_key = self.prefix + LEASE_DIR + lease_name(lease.key)
         try:
             with self.client.get(lease_key) as result:
                 data = result.read()
         except NoSuchKey:
-            return
-        if lease_holder(data, lease.ttl)[0] == lease.token:
+            return None
+        return lease_key if lease_holder(data, lease.ttl)[0] == lease.token else None
+
+    @_s3_errors
+    def renew(self, lease):
+        """Write the lease object again (a new Last-Modified) if it still holds `lease`'s token.
+
+        NOTE: no conditional write here: the holder renews long before the lease expires,
+        and nobody takes over an unexpired lease.
+        """
+        lease_key = self._holds(lease)
+        if lease_key is None:
+            return False
+        self.client.put(lease_key, lease_body(lease), content_type="application/json")
+        return True
+
+    @_s3_errors
+    def release(self, lease):
+        """Delete the lease object if it still holds `lease`'s token."""
+        lease_key = self._holds(lease)
+        if lease_key is not None:
             self.client.delete(lease_key)
