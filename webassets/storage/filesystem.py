@@ -488,26 +488,33 @@ class FileStore(Store):
         finally:
             os.unlink(aside)
 
-    def renew(self, lease):
-        """Date the lease file now if it still holds `lease`'s token (its mtime is its start)."""
+    def _holds(self, lease):
+        """Return the lease file's path if it holds `lease`'s token, else None."""
         path = os.path.join(self.base_dir, LEASE_DIR, lease_name(lease.key))
         try:
             with open(path, "rb") as handle:
-                if lease_holder(handle.read(), lease.ttl)[0] != lease.token:
-                    return False
-            os.utime(path)
+                held = lease_holder(handle.read(), lease.ttl)[0] == lease.token
         except FileNotFoundError:
-            return False
-        return True
+            return None
+        return path if held else None  # else expired and taken over: the new holder's
+
+    def renew(self, lease):
+        """Date the lease file now if it still holds `lease`'s token (its mtime is its start)."""
+        path = self._holds(lease)
+        try:
+            if path is not None:
+                os.utime(path)
+                return True
+        except FileNotFoundError:
+            pass  # released meanwhile
+        return False
 
     def release(self, lease):
         """Remove the lease file if it still holds `lease`'s token."""
-        path = os.path.join(self.base_dir, LEASE_DIR, lease_name(lease.key))
+        path = self._holds(lease)
         try:
-            with open(path, "rb") as handle:
-                if lease_holder(handle.read(), lease.ttl)[0] != lease.token:
-                    return  # expired and taken over: the new holder's now
-            os.unlink(path)
+            if path is not None:
+                os.unlink(path)
         except FileNotFoundError:
             pass
 
