@@ -88,11 +88,13 @@ def _made_from(thumbnail, source):
 
 
 def _remove(path):
-    """Remove a temporary file (already gone: no error)."""
+    """Remove a temporary file; never raises (it runs on the pool, where none would see it)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as ex:
+        logger.warning("Cannot remove temporary file %s: %s", path, ex)
 
 
 def _answer(obj, status):
