@@ -263,10 +263,6 @@ class MemoryStore(storage.Store):
         return sorted(name for (key_coll, key_kind, name) in self.files
                       if (key_coll, key_kind) == (coll, kind))
 
-    def list_temporary(self, coll, kind=storage.ORIGINAL):
-        self.check_collection(coll)
-        return []
-
     @contextlib.contextmanager
     def local_copy(self, coll, name, kind=storage.ORIGINAL):
         data, _ = self._get(coll, name, kind)
@@ -299,11 +295,11 @@ class MemoryStore(storage.Store):
     def _md5(self, data):
         return hashlib.md5(data).hexdigest() if self.md5 else None
 
-    def scan(self, coll, kind=storage.ORIGINAL):
+    def survey(self, coll, kind=storage.ORIGINAL):
         self.check_collection(coll)
         return sorted(storage.Listed(name, len(data), mtime_ns, self._md5(data))
                       for (key_coll, key_kind, name), (data, mtime_ns) in self.files.items()
-                      if (key_coll, key_kind) == (coll, kind))
+                      if (key_coll, key_kind) == (coll, kind)), []
 
     def content_md5(self, coll, name, kind=storage.ORIGINAL):
         return self._md5(self._get(coll, name, kind)[0])

@@ -151,18 +151,23 @@ def test_lists_skip_temporary_files(tmp_path):
     assert store.list(None, storage.THUMBNAIL) == []
 
 
-def test_list_temporary_names_unfinished_work(tmp_path):
+def temporary(store, coll, kind=storage.ORIGINAL):
+    return store.survey(coll, kind)[1]
+
+
+def test_survey_names_unfinished_work(tmp_path):
     store = FileStore(str(tmp_path), collection_dirs={"C": "c"})
-    assert store.list_temporary("C") == store.list_temporary("C", storage.THUMBNAIL) == []
+    assert temporary(store, "C") == temporary(store, "C", storage.THUMBNAIL) == []
     (tmp_path / "c" / "originals").mkdir(parents=True)
     (tmp_path / "c" / "originals" / ".upload-1.tmp").write_bytes(b"half")
     (tmp_path / "c" / "originals" / ".hidden").write_bytes(b"x")
     (tmp_path / "c" / "originals" / "a.jpg").write_bytes(b"x")
     (tmp_path / "c" / "thumbnails" / ".thumb-2.tmp").mkdir(parents=True)
-    assert store.list_temporary("C") == [".upload-1.tmp"]
-    assert store.list_temporary("C", storage.THUMBNAIL) == [".thumb-2.tmp"]
+    assert temporary(store, "C") == [".upload-1.tmp"]
+    assert temporary(store, "C", storage.THUMBNAIL) == [".thumb-2.tmp"]
+    assert [listed.name for listed in store.survey("C")[0]] == [".hidden", "a.jpg"]
     with pytest.raises(UnknownCollection):
-        store.list_temporary("Nope")
+        temporary(store, "Nope")
 
 
 def test_static_path(tmp_path):

@@ -461,13 +461,6 @@ class Store:
         """Return the sorted names of `coll`'s stored files of `kind` (no temporary files)."""
         raise NotImplementedError
 
-    def list_temporary(self, coll, kind=ORIGINAL):
-        """Return the sorted names of unfinished work among `coll`'s files of `kind`.
-
-        Uploads being received and thumbnails being rendered, or left by a crash.
-        """
-        raise NotImplementedError
-
     def local_copy(self, coll, name, kind=ORIGINAL):
         """Return a context manager yielding a local path holding the file's bytes.
 
@@ -520,14 +513,15 @@ class Store:
         Every entry but temporary work, including names the server can never serve (the
         caller check_name()s them); one listing, no request per file.
         """
-        raise NotImplementedError
+        return self.survey(coll, kind)[0]
 
     def survey(self, coll, kind=ORIGINAL):
-        """Return (scan()'s Listed entries, list_temporary()'s names) of `coll`'s `kind`.
+        """Return (scan()'s Listed entries, sorted temporary names) of `coll`'s files of `kind`.
 
-        A store that sees both in one listing overrides it (stats: one pass per area).
+        Temporary work: uploads being received and thumbnails being rendered, or left by a
+        crash. Both come from one listing (stats: one pass per area).
         """
-        return self.scan(coll, kind), self.list_temporary(coll, kind)
+        raise NotImplementedError
 
     def content_md5(self, coll, name, kind=ORIGINAL):
         """Return the hex MD5 of a stored file if known without reading it, else None."""

@@ -376,16 +376,11 @@ class FileStore(Store):
         """Return the sorted names of `coll`'s files of `kind` (temporary files excluded)."""
         return self._list(self._directory(coll, kind))
 
-    def list_temporary(self, coll, kind=ORIGINAL):
-        """Return the sorted names of the temporary files and render dirs of `coll`'s `kind`."""
-        return self.survey(coll, kind)[1]
-
-    def scan(self, coll, kind=ORIGINAL):
-        """Return the Listed entries of `coll`'s `kind` (all but temporary files), by name."""
-        return self.survey(coll, kind)[0]
-
     def survey(self, coll, kind=ORIGINAL):
-        """Return (scan(), list_temporary()) of `coll`'s `kind` from one directory read."""
+        """Return (scan(), the temporary files and render dirs) of `coll`'s `kind`.
+
+        One directory read.
+        """
         found, temporary = [], []
         try:
             with os.scandir(self._directory(coll, kind)) as entries:

@@ -709,13 +709,6 @@ class S3Store(Store):
         return sorted(name for name in self._names(directory, directory)
                       if not name.startswith("."))
 
-    def list_temporary(self, coll, kind=ORIGINAL):
-        """Return the sorted names of the temporary objects (Specify 7 uploads) of `coll`'s `kind`.
-
-        Multipart uploads in progress are not objects: fsck finds them by their own listing.
-        """
-        return self.survey(coll, kind)[1]
-
     # -- operating the bucket: admin, migrate, leases
 
     def location(self):
@@ -731,17 +724,14 @@ class S3Store(Store):
             return "%s cannot be listed: %s" % (self.label, _translated(ex))
         return None
 
-    def scan(self, coll, kind=ORIGINAL):
-        """Return the Listed objects of `coll`'s `kind` from one listing, sorted by name.
-
-        md5 is the ETag of a single-part object, multipart_etag that of a multipart one; a
-        key below a further '/' is never served.
-        """
-        return self.survey(coll, kind)[0]
-
     @_s3_errors
     def survey(self, coll, kind=ORIGINAL):
-        """Return (scan(), the temporary objects' names) of `coll`'s `kind` from one listing."""
+        """Return (scan(), the temporary objects' names) of `coll`'s `kind` from one listing.
+
+        md5 is the ETag of a single-part object, multipart_etag that of a multipart one; a
+        key below a further '/' is never served. The temporary objects are Specify 7
+        uploads; multipart uploads in progress are not objects (fsck lists them apart).
+        """
         directory = self._dir_key(coll, kind)
         found, temporary = [], []
         for obj in self.client.list(directory):
