@@ -427,10 +427,7 @@ def file_response(request, handle, content_type, headers=(), offload=None):
     start, end = byte_range
     handle.seek(start)
     body = FileWrapper(_LimitedFile(handle, end - start + 1), FILE_BLOCK)
-    response = Response(body, 206, content_type, common)
-    response.set_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
-    response.set_header("Content-Length", str(end - start + 1))
-    return response
+    return _partial(Response(body, 206, content_type, common), start, end, size)
 
 
 def _answered(handle, content_type, common):
@@ -446,9 +443,14 @@ def _answered(handle, content_type, common):
         return Response(status=304, content_type=None, body=[], headers=common)
     response = Response(FileWrapper(handle, FILE_BLOCK), handle.status, content_type, common)
     if handle.status == 206:
-        first, last, size = handle.content_range
-        response.set_header("Content-Range", "bytes %d-%d/%d" % (first, last, size))
-        response.set_header("Content-Length", str(last - first + 1))
-    else:
-        response.set_header("Content-Length", str(handle.size))
+        return _partial(response, *handle.content_range)
+    response.set_header("Content-Length", str(handle.size))
     return response
+
+
+def _partial(response, first, last, size):
+    """Give a 206 response the headers of bytes first..last (inclusive) of `size`."""
+    response.set_header("Content-Range", "bytes %d-%d/%d" % (first, last, size))
+    response.set_header("Content-Length", str(last - first + 1))
+    return response
+
